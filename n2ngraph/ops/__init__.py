@@ -1,0 +1,12 @@
+"""The op library. Each module holds whole ops: attributes, shape rule, kernels, VJPs.
+
+To add an op, write one class in one module (see ``relu`` in ``activations.py`` for the
+smallest complete example), decorate it with ``@register``, import the module here, and
+add it to the op tests' table (``tests/test_ops.py``).
+"""
+
+from . import activations, conv2d, losses, upsample  # noqa: F401  (registers the ops)
+from .base import OPS, VJP, Op, Shape, register, scalar
+from .gradients import Accumulate, Seed
+
+__all__ = ["OPS", "VJP", "Op", "Shape", "register", "scalar", "Accumulate", "Seed"]

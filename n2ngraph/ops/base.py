@@ -1,0 +1,137 @@
+"""What every op is made of: attributes, a shape rule, a forward kernel and VJP rules.
+
+An op instance *is* its attributes (a frozen attrs class), so two nodes with the same
+settings compare equal and an op can never change after the spec is loaded. The class
+carries the rest, side by side, the way a row of PyTorch's ``derivatives.yaml`` does:
+
+- ``inputs``: the roles of its tensor inputs, in the order a spec lists them;
+- ``params()``: learnable tensors it owns (``weight``, ``bias``) and their shapes;
+- ``infer(**shapes)``: the output shape, or a ``SpecError`` naming the bad field;
+- ``forward(out, ws, **tensors)``: writes the result into ``out``; never allocates;
+- ``vjps``: for each differentiable role, which values the gradient kernel reads
+  (input roles, ``out`` for the forward result, ``gout`` for the output gradient) and
+  the method that computes it;
+- ``workspace(kernel, shapes)``: scratch tensors a kernel needs, planned by the memory
+  planner like any other value, so that a kernel never asks the allocator for memory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import attrs
+import torch
+
+from ..errors import SpecError
+
+Shape = tuple[int, ...]
+
+
+@attrs.frozen
+class VJP:
+    """The vector-Jacobian product for one input role of an op.
+
+    ``kernel`` names the op's method ``kernel(grad, ws, **needs)`` that writes the
+    gradient w.r.t. that role into ``grad``. ``inplace`` names one of ``needs`` whose
+    buffer the gradient may overwrite when nothing reads it afterwards.
+    """
+
+    kernel: str
+    needs: tuple[str, ...]
+    inplace: str | None = None
+
+
+class Op:
+    """Base class of all ops; subclasses are frozen attrs classes registered in ``OPS``."""
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]] = ("x",)
+    inplace: ClassVar[str | None] = None
+    vjps: ClassVar[dict[str, VJP]] = {}
+
+    def params(self) -> dict[str, Shape]:
+        """Learnable tensors owned by the op: role -> shape. Most ops own none."""
+        return {}
+
+    def fans(self) -> tuple[int, int]:
+        """(fan_in, fan_out) for initialisers; only ops with params need it."""
+        raise NotImplementedError(f"{self.name} has no parameters to initialise")
+
+    def infer(self, **shapes: Shape) -> Shape:
+        raise NotImplementedError
+
+    def forward(self, out: torch.Tensor, ws: dict[str, torch.Tensor], **tensors: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def workspace(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
+        """Scratch tensors for ``kernel`` ('forward' or a VJP kernel), given the shapes
+        of the forward node: its inputs by role and its result as ``out``."""
+        return {}
+
+    def describe(self) -> str:
+        """One line for pictures and error messages: op name and its attributes."""
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in attrs.fields(type(self))]
+        return self.name + (" " + " ".join(parts) if parts else "")
+
+
+OPS: dict[str, type[Op]] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: makes an op known to the spec loader under ``cls.name``."""
+    OPS[cls.name] = cls
+    return cls
+
+
+# ---- attribute declarations -------------------------------------------------------
+
+_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    bool: ((bool,), "true or false"),
+}
+
+
+def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, doc: str = ""):
+    """An op attribute that checks its own type and range.
+
+    Every op is built through this, from a spec or from Python, so a bad value always
+    fails the same way: a ``SpecError`` that names the attribute.
+    """
+    accepted, described = _KINDS[kind]
+
+    def check(_instance, field: attrs.Attribute, value) -> None:
+        wrong_type = not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool))
+        if wrong_type:
+            raise SpecError(f"expected {described}, got {value!r}", field=field.name)
+        if minimum is not None and value < minimum:
+            bound = "positive" if minimum == 1 and kind is int else f">= {minimum}"
+            raise SpecError(f"must be {bound}, got {value!r}", field=field.name)
+
+    return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
+
+
+def check_rank(shape: Shape, rank: int, what: str, field: str = "in") -> None:
+    if len(shape) != rank:
+        raise SpecError(f"{what} must have {rank} dimensions, got shape {tuple(shape)}", field=field)
+
+
+# ---- constants without allocation -------------------------------------------------
+
+_SCALARS: dict[tuple, torch.Tensor] = {}
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A cached 0-dim tensor holding ``value`` in ``like``'s dtype and device.
+
+    A Python number passed to an in-place tensor op is wrapped in a fresh tensor on
+    every call; a cached one keeps a steady-state step free of allocations.
+    """
+    key = (value, like.dtype, like.device)
+    found = _SCALARS.get(key)
+    if found is None:
+        found = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return found
+
+
+KernelFn = Callable[..., None]

@@ -1,0 +1,369 @@
+"""Pass 1: YAML text -> ``Spec``, a frozen, validated description of a network.
+
+The format (documented in README.md, "The spec format"):
+
+    name: noise2noise
+    inputs:
+      noisy:  {channels: 3}
+      target: {channels: 3}
+    nodes:                                   # in any order; edges are the `in` names
+      conv1: {op: conv2d, in: noisy, in_channels: 3, out_channels: 24, kernel: 3}
+      relu1: {op: relu, in: conv1}
+      loss:  {op: mse, in: [relu1, target]}
+    output: relu1                            # what inference returns
+    loss: loss                               # what training minimises (optional)
+    train: {...}                             # the recipe (see TrainSpec)
+
+YAML is read with a safe loader (no object tags) that also remembers the line of every
+mapping and key, so each error can point at the line to fix. Everything is checked here
+that can be checked without image sizes: known ops and attributes, types and ranges,
+references, duplicates and cycles. Shapes are checked by ``graph.infer_shapes``, which
+``load_spec`` runs once on the recipe's crop size so a channel mismatch is reported at
+load time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import networkx as nx
+import yaml
+
+from .errors import SpecError
+from .ops import OPS, Op
+
+# ---- a YAML loader that keeps line numbers and refuses duplicate keys -----------------
+
+
+class _Mapping(dict):
+    """A YAML mapping that knows the line of itself and of each of its keys."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+    loader.flatten_mapping(node)
+    mapping = _Mapping()
+    mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, str):
+            raise SpecError(f"keys must be names, got {key!r}", line=line)
+        if key in mapping:
+            raise SpecError(f"duplicate key '{key}' (first on line {mapping.key_lines[key]})",
+                            line=line, node=key)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = line
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line(mapping: Any, key: str | None = None) -> int | None:
+    if not isinstance(mapping, _Mapping):
+        return None
+    if key is not None and key in mapping.key_lines:
+        return mapping.key_lines[key]
+    return mapping.line
+
+
+# ---- the IR ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class InputSpec:
+    """A named graph input: an image-shaped tensor with a fixed channel count."""
+
+    name: str
+    channels: int
+    line: int | None = None
+
+
+@attrs.frozen
+class NodeSpec:
+    """One op application: a named node, its op (with attributes) and its input names."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    line: int | None = None
+
+
+@attrs.frozen
+class OptimizerSpec:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@attrs.frozen
+class TrainSpec:
+    """The training recipe a spec carries; command-line options override it."""
+
+    optimizer: OptimizerSpec = OptimizerSpec()
+    init: str = "uniform"
+    batch: int = 4
+    epochs: int = 5
+    pairs: int = 50_000
+    crop: int = 32
+    seed: int = 0
+
+
+@attrs.frozen
+class Spec:
+    name: str
+    inputs: tuple[InputSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    output: str
+    loss: str | None
+    train: TrainSpec
+    file: str | None = None
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+
+# ---- loading ---------------------------------------------------------------------
+
+INITS = ("uniform", "xavier", "kaiming")
+OPTIMIZERS = ("sgd",)
+_TOP_KEYS = {"name", "inputs", "nodes", "output", "loss", "train"}
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Reads, parses and validates a spec file; every problem is a ``SpecError``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read spec: {e.strerror or e}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise SpecError("spec is not UTF-8 text", file=str(path)) from None
+    return parse_spec(text, file=str(path))
+
+
+def parse_spec(text: str, file: str | None = None) -> Spec:
+    """Like ``load_spec`` for YAML text already in memory (``file`` only labels errors)."""
+    try:
+        try:
+            doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            raise SpecError(f"invalid YAML: {e.problem or e.context}",
+                            line=mark.line + 1 if mark else None) from None
+        except yaml.YAMLError as e:
+            raise SpecError(f"invalid YAML: {e}") from None
+        spec = _build(doc, file)
+        from .graph import check_shapes  # shape inference lives with the graph pass
+
+        check_shapes(spec)
+        return spec
+    except SpecError as e:
+        raise e.located(file) from None
+
+
+def _build(doc: Any, file: str | None) -> Spec:
+    if not isinstance(doc, dict):
+        raise SpecError("a spec is a mapping with keys 'inputs', 'nodes', 'output'", line=1)
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise SpecError(f"unknown top-level key '{key}' (expected one of "
+                            f"{', '.join(sorted(_TOP_KEYS))})", line=_line(doc, key), field=key)
+    for key in ("inputs", "nodes", "output"):
+        if key not in doc:
+            raise SpecError(f"missing top-level key '{key}'", line=_line(doc), field=key)
+
+    inputs = _inputs(doc["inputs"], _line(doc, "inputs"))
+    nodes = _nodes(doc["nodes"], _line(doc, "nodes"))
+    known = {i.name: i.line for i in inputs}
+    for node in nodes:
+        if node.name in known:
+            raise SpecError(f"name already used by an input (line {known[node.name]})",
+                            line=node.line, node=node.name)
+    names = set(known) | {n.name for n in nodes}
+    for node in nodes:
+        for source in node.inputs:
+            if source not in names:
+                raise SpecError(f"unknown input '{source}'", line=node.line, node=node.name,
+                                field="in")
+    output = _reference(doc, "output", names)
+    loss = _reference(doc, "loss", names) if "loss" in doc else None
+    nodes = _in_dependency_order(nodes)
+    return Spec(name=_name(doc), inputs=inputs, nodes=nodes, output=output, loss=loss,
+                train=_train(doc.get("train", {}), _line(doc, "train")), file=file)
+
+
+def _name(doc) -> str:
+    name = doc.get("name", "network")
+    if not isinstance(name, str):
+        raise SpecError(f"expected a string, got {name!r}", line=_line(doc, "name"), field="name")
+    return name
+
+
+def _reference(doc, key: str, names: set[str]) -> str:
+    value = doc[key]
+    if not isinstance(value, str):
+        raise SpecError(f"expected a node name, got {value!r}", line=_line(doc, key), field=key)
+    if value not in names:
+        raise SpecError(f"unknown node '{value}'", line=_line(doc, key), field=key)
+    return value
+
+
+def _inputs(raw, line) -> tuple[InputSpec, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("'inputs' maps each input name to {channels: C}", line=line, field="inputs")
+    inputs = []
+    for name, body in raw.items():
+        where = _line(raw, name)
+        if not isinstance(body, dict) or set(body) != {"channels"}:
+            raise SpecError("an input is declared as {channels: C}", line=where, node=name)
+        channels = body["channels"]
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise SpecError(f"must be a positive integer, got {channels!r}", line=where,
+                            node=name, field="channels")
+        inputs.append(InputSpec(name=name, channels=channels, line=where))
+    return tuple(inputs)
+
+
+def _nodes(raw, line) -> tuple[NodeSpec, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("'nodes' maps each node name to {op: ..., in: ..., attributes}",
+                        line=line, field="nodes")
+    return tuple(_node(name, body, _line(raw, name)) for name, body in raw.items())
+
+
+def _node(name: str, body, line) -> NodeSpec:
+    if not isinstance(body, dict):
+        raise SpecError("a node is a mapping like {op: relu, in: conv1}", line=line, node=name)
+    if "op" not in body:
+        raise SpecError("missing 'op'", line=line, node=name, field="op")
+    op_name = body["op"]
+    if op_name not in OPS:
+        raise SpecError(f"unknown op {op_name!r} (known: {', '.join(sorted(OPS))})",
+                        line=_line(body, "op"), node=name, field="op")
+    op_class = OPS[op_name]
+    sources = _sources(name, body, op_class, line)
+    fields = {f.name: f for f in attrs.fields(op_class)}
+    given = {k: v for k, v in body.items() if k not in ("op", "in")}
+    for key in given:
+        if key not in fields:
+            expected = ", ".join(fields) or "none"
+            raise SpecError(f"unknown attribute '{key}' for op {op_name} (attributes: {expected})",
+                            line=_line(body, key), node=name, field=key)
+    for key, f in fields.items():
+        if f.default is attrs.NOTHING and key not in given:
+            raise SpecError(f"missing attribute '{key}' for op {op_name}", line=line,
+                            node=name, field=key)
+    try:
+        op = op_class(**given)
+    except SpecError as e:
+        raise SpecError(e.problem, line=_line(body, e.field), node=name, field=e.field) from None
+    return NodeSpec(name=name, op=op, inputs=sources, line=line)
+
+
+def _sources(name: str, body, op_class: type[Op], line) -> tuple[str, ...]:
+    roles = op_class.inputs
+    where = _line(body, "in") or line
+    if "in" not in body:
+        raise SpecError(f"missing 'in' (the {op_class.name} op reads {', '.join(roles)})",
+                        line=line, node=name, field="in")
+    raw = body["in"]
+    sources = [raw] if isinstance(raw, str) else raw
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise SpecError(f"expected a node name or a list of names, got {raw!r}", line=where,
+                        node=name, field="in")
+    if len(sources) != len(roles):
+        raise SpecError(f"op {op_class.name} takes {len(roles)} input(s) ({', '.join(roles)}), "
+                        f"got {len(sources)}", line=where, node=name, field="in")
+    return tuple(sources)
+
+
+def _in_dependency_order(nodes: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
+    """Nodes sorted so that each comes after its inputs, keeping the written order
+    where the edges leave a choice; a cycle is an error naming one node on it."""
+    graph = nx.DiGraph()
+    position = {n.name: i for i, n in enumerate(nodes)}
+    graph.add_nodes_from(position)
+    for node in nodes:
+        graph.add_edges_from((s, node.name) for s in node.inputs if s in position)
+    try:
+        order = list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+    except nx.NetworkXUnfeasible:
+        cycle = [u for u, _ in nx.find_cycle(graph)]
+        first = min(cycle, key=position.__getitem__)
+        node = nodes[position[first]]
+        raise SpecError(f"cycle: {' -> '.join(cycle + [cycle[0]])}", line=node.line,
+                        node=node.name, field="in") from None
+    return tuple(nodes[position[name]] for name in order)
+
+
+def _train(raw, line) -> TrainSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("'train' is a mapping", line=line, field="train")
+    fields = {f.name: f for f in attrs.fields(TrainSpec)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = _line(raw, key)
+        if key not in fields:
+            raise SpecError(f"unknown training setting '{key}' (settings: {', '.join(fields)})",
+                            line=where, field=f"train.{key}")
+        if key == "optimizer":
+            values[key] = _optimizer(value, where)
+        elif key == "init":
+            if value not in INITS:
+                raise SpecError(f"unknown init {value!r} (known: {', '.join(INITS)})",
+                                line=where, field="train.init")
+            values[key] = value
+        else:
+            minimum = 0 if key == "seed" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise SpecError(f"expected an integer >= {minimum}, got {value!r}", line=where,
+                                field=f"train.{key}")
+            values[key] = value
+    return TrainSpec(**values)
+
+
+def _optimizer(raw, line) -> OptimizerSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("expected a mapping like {name: sgd, lr: 0.1}", line=line,
+                        field="train.optimizer")
+    fields = {f.name: f for f in attrs.fields(OptimizerSpec)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = _line(raw, key)
+        field = f"train.optimizer.{key}"
+        if key not in fields:
+            raise SpecError(f"unknown optimizer setting '{key}' (settings: {', '.join(fields)})",
+                            line=where, field=field)
+        kind = type(fields[key].default)
+        if key == "name":
+            if value not in OPTIMIZERS:
+                raise SpecError(f"unknown optimizer {value!r} (known: {', '.join(OPTIMIZERS)})",
+                                line=where, field=field)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise SpecError(f"expected true or false, got {value!r}", line=where, field=field)
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"expected a number >= 0, got {value!r}", line=where, field=field)
+        values[key] = float(value) if kind is float else value
+    return OptimizerSpec(**values)
