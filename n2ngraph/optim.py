@@ -1,8 +1,8 @@
 """Optimizers: update rules applied in place to the Program's parameters.
 
-Each reproduces its torch.optim counterpart's arithmetic operation for operation (same
-ops, same order), so a parity test can ask for agreement to the last few ulps, and
-allocates its state once, up front.
+Each reproduces the arithmetic of PyTorch's optimizer of the same name, operation for
+operation (same ops, same order), so a parity test can ask for agreement to the last
+few ulps; each allocates its state once, up front.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .spec import OptimizerSpec
 
 
 class SGD:
-    """torch.optim.SGD: weight decay, momentum with dampening, Nesterov.
+    """PyTorch's SGD: weight decay, momentum with dampening, Nesterov.
 
         g = grad + weight_decay * p
         b = g                               on the first step

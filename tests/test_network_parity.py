@@ -1,0 +1,106 @@
+"""Whole networks against torch.nn + autograd + torch.optim.SGD, step by step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import n2ngraph as ng
+from n2ngraph.spec import OptimizerSpec
+
+from helpers import DEVICES, ROOT
+from reference import TorchNet
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+OPTIMIZERS = {
+    "plain": OptimizerSpec(lr=0.05),
+    "momentum": OptimizerSpec(lr=0.02, momentum=0.9, dampening=0.1),
+    "nesterov": OptimizerSpec(lr=0.02, momentum=0.8, nesterov=True, weight_decay=1e-3),
+}
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS), ids=list(OPTIMIZERS))
+@pytest.mark.parametrize("name", ["noise2noise", "skipnet"])
+def test_ten_sgd_steps_match_torch(name, optimizer, dtype, device):
+    spec = ng.load_spec(ROOT / "specs" / f"{name}.yaml")
+    config = OPTIMIZERS[optimizer]
+    shape = (4, 3, 16, 16)
+    prog = ng.compile(spec, shape, dtype=dtype, device=device, seed=3, optimizer=config)
+    ref = TorchNet(spec).to(device=device, dtype=dtype)
+    ref.load_state_dict(prog.state_dict())
+    opt = torch.optim.SGD(ref.parameters(), lr=config.lr, momentum=config.momentum,
+                          dampening=config.dampening, nesterov=config.nesterov,
+                          weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(0)
+    tol = TOLERANCE[dtype]
+    for step in range(10):
+        x = torch.rand(shape, generator=gen, dtype=dtype).to(device)
+        t = torch.rand(shape, generator=gen, dtype=dtype).to(device)
+        loss = prog.train_step(x, t)
+        opt.zero_grad()
+        expected = ref.objective(x, t)
+        expected.backward()
+        for pname, p in ref.named_parameters():
+            assert _relative(prog.grads[pname], p.grad) < tol, (step, pname)
+        opt.step()
+        assert loss == pytest.approx(expected.item(), rel=tol), step
+    for pname, p in ref.named_parameters():
+        assert _relative(prog.params[pname], p.detach()) < tol, pname
+
+
+@pytest.mark.parametrize("name", ["noise2noise", "skipnet"])
+def test_inference_on_another_shape_shares_the_trained_parameters(name):
+    spec = ng.load_spec(ROOT / "specs" / f"{name}.yaml")
+    prog = ng.compile(spec, (2, 3, 16, 16), dtype=torch.float64)
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    prog.train_step(x, x)
+    ref = TorchNet(spec).to(torch.float64)
+    ref.load_state_dict(prog.state_dict())
+    photo = torch.rand(1, 3, 44, 60, dtype=torch.float64)
+    with torch.no_grad():
+        expected = ref(photo)
+    assert torch.allclose(prog.forward(photo), expected, rtol=1e-12, atol=1e-14)
+    prog.train_step(x, x)  # training again changes the weights the inference plan reads
+    with torch.no_grad():
+        ref.load_state_dict(prog.state_dict())
+        assert torch.allclose(prog.forward(photo), ref(photo), rtol=1e-12, atol=1e-14)
+
+
+def test_state_dict_round_trips_into_torch_and_back():
+    spec = ng.load_spec(ROOT / "specs" / "noise2noise.yaml")
+    prog = ng.compile(spec)
+    ref = TorchNet(spec)
+    assert list(prog.state_dict()) == list(ref.state_dict())
+    fresh = ng.compile(spec, seed=123)
+    fresh.load_state_dict(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fresh.params[k], v)
+    with pytest.raises(KeyError, match="missing"):
+        fresh.load_state_dict({})
+    bad = dict(ref.state_dict(), **{"conv1.bias": torch.zeros(5)})
+    with pytest.raises(ValueError, match="conv1.bias"):
+        fresh.load_state_dict(bad)
+
+
+def test_inits_are_seeded_and_follow_their_distributions():
+    spec = ng.load_spec(ROOT / "specs" / "noise2noise.yaml")
+    a = ng.compile(spec, seed=7).params
+    b = ng.compile(spec, seed=7).params
+    c = ng.compile(spec, seed=8).params
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+    bound = 1 / (3 * 9) ** 0.5
+    assert a["conv1.weight"].abs().max() <= bound
+    assert a["conv1.weight"].abs().max() > 0.8 * bound
+    xavier = ng.compile(spec, init="xavier").params
+    assert torch.count_nonzero(xavier["conv2.bias"]) == 0
+    assert xavier["conv2.weight"].abs().max() <= (6 / (24 * 9 + 24 * 9)) ** 0.5
+    kaiming = ng.compile(spec, init="kaiming").params["conv2.weight"]
+    assert kaiming.std().item() == pytest.approx((2 / (24 * 9)) ** 0.5, rel=0.1)
