@@ -69,8 +69,10 @@ class Op:
         return {}
 
     def describe(self) -> str:
-        """One line for pictures and error messages: op name and its attributes."""
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in attrs.fields(type(self))]
+        """One line for pictures and summaries: the op name and its attributes that
+        differ from their defaults."""
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in attrs.fields(type(self))
+                 if f.default is attrs.NOTHING or getattr(self, f.name) != f.default]
         return self.name + (" " + " ".join(parts) if parts else "")
 
 
