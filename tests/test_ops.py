@@ -1,0 +1,409 @@
+"""Every op kernel against PyTorch and against finite differences.
+
+Kernels run through ``op_harness`` the way the executor runs them (NaN-filled outputs
+and workspaces, offset views with guard cells, arguments checked untouched). Adding an
+op means adding a row to ``CASES``: its instance, its input shapes and a torch oracle.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import n2ngraph as ng
+from n2ngraph.ops import OPS, VJP, Accumulate, Seed
+from n2ngraph.ops.activations import Relu, Sigmoid
+from n2ngraph.ops.arithmetic import Add
+from n2ngraph.ops.conv2d import Conv2d
+from n2ngraph.ops.losses import MSE
+from n2ngraph.ops.upsample import UpsampleNearest
+from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
+
+F64 = dict(rtol=1e-12, atol=1e-12)
+F32 = dict(rtol=1e-5, atol=1e-5)
+FD = dict(rtol=1e-6, atol=1e-7)
+HYPOTHESIS = settings(max_examples=30, deadline=None)
+
+
+# ---- oracles --------------------------------------------------------------------------
+
+def conv_oracle(op, x, weight, bias=None):
+    return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding, dilation=op.dilation)
+
+
+def upsample_oracle(op, x):
+    return F.interpolate(x, scale_factor=op.scale, mode="nearest")
+
+
+def sum_oracle(op, **terms):
+    return functools.reduce(torch.add, (terms[r] for r in op.inputs))
+
+
+# ---- the table ------------------------------------------------------------------------
+
+def randn(shape, dtype, gen):
+    return torch.randn(shape, dtype=torch.float64, generator=gen).to(dtype)
+
+
+def away_from_zero(shape, dtype, gen):
+    """Values with |x| >= 0.01 (so relu's kink is never within a finite-difference step)."""
+    x = torch.randn(shape, dtype=torch.float64, generator=gen)
+    return (torch.sign(x) * (x.abs() + 0.01)).to(dtype)
+
+
+def wide(shape, dtype, gen):
+    return (3 * torch.randn(shape, dtype=torch.float64, generator=gen)).to(dtype)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    op: ng.ops.Op
+    shapes: dict  # input role -> shape; parameter shapes come from op.params()
+    oracle: Callable
+    exact: bool = False  # forward must be bit-identical to the oracle
+    draw: dict = field(default_factory=dict)  # role -> generator, default randn
+
+    def tensors(self, dtype=torch.float64, seed=0) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        shapes = {**self.shapes, **self.op.params()}
+        return {role: self.draw.get(role, randn)(shapes[role], dtype, gen) for role in roles(self.op)}
+
+
+CASES = [
+    Case("conv2d-k3-pad1", Conv2d(2, 3, 3, padding=1), {"x": (2, 2, 5, 5)}, conv_oracle),
+    Case("conv2d-k2-stride2-dil2-nobias", Conv2d(2, 3, 2, stride=2, dilation=2, bias=False),
+         {"x": (2, 2, 7, 6)}, conv_oracle),
+    Case("conv2d-k3-stride3-pad2", Conv2d(1, 2, 3, stride=3, padding=2), {"x": (2, 1, 5, 7)},
+         conv_oracle),
+    Case("conv2d-k1", Conv2d(3, 2, 1), {"x": (1, 3, 4, 3)}, conv_oracle),
+    Case("upsample-x1", UpsampleNearest(1), {"x": (1, 2, 3, 2)}, upsample_oracle, exact=True),
+    Case("upsample-x2", UpsampleNearest(2), {"x": (2, 3, 3, 4)}, upsample_oracle, exact=True),
+    Case("upsample-x3", UpsampleNearest(3), {"x": (1, 2, 2, 3)}, upsample_oracle, exact=True),
+    Case("relu", Relu(), {"x": (2, 3, 4, 5)}, lambda op, x: torch.relu(x), exact=True,
+         draw={"x": away_from_zero}),
+    Case("sigmoid", Sigmoid(), {"x": (2, 3, 4, 5)}, lambda op, x: torch.sigmoid(x), exact=True,
+         draw={"x": wide}),
+    Case("mse", MSE(), {"prediction": (2, 3, 4, 4), "target": (2, 3, 4, 4)},
+         lambda op, prediction, target: F.mse_loss(prediction, target)),
+    Case("add", Add(), {"a": (2, 3, 4), "b": (2, 3, 4)}, lambda op, a, b: a + b, exact=True),
+    Case("accumulate-2", Accumulate(count=2), {"t0": (2, 3, 4), "t1": (2, 3, 4)}, sum_oracle,
+         exact=True),
+    Case("accumulate-3", Accumulate(count=3), {f"t{i}": (3, 5) for i in range(3)}, sum_oracle,
+         exact=True),
+]
+BY_ID = {case.id: case for case in CASES}
+
+VJP_CASES = [pytest.param(case, role, id=f"{case.id}-{role}")
+             for case in CASES for role in case.op.vjps if role in roles(case.op)]
+FORWARD_INPLACE = [pytest.param(case, id=case.id) for case in CASES if case.op.inplace]
+VJP_INPLACE = [p for p in VJP_CASES if p.values[0].op.vjps[p.values[1]].inplace]
+ids = [case.id for case in CASES]
+
+
+def oracle_grads(case_op, oracle, tensors, gout, wrt):
+    leaves = {r: t.detach().clone().requires_grad_(True) for r, t in tensors.items()}
+    y = oracle(case_op, **leaves)
+    return dict(zip(wrt, torch.autograd.grad(y, [leaves[r] for r in wrt], gout)))
+
+
+def random_like_out(op, tensors, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    shape = node_shapes(op, tensors)["out"]
+    dtype = next(iter(tensors.values())).dtype
+    return torch.randn(shape, dtype=torch.float64, generator=gen).to(dtype)
+
+
+# ---- the contract itself --------------------------------------------------------------
+
+def test_every_registered_op_has_a_row():
+    covered = {case.op.name for case in CASES}
+    assert set(OPS) <= covered, f"add a row to CASES for: {sorted(set(OPS) - covered)}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_the_op_declares_a_consistent_contract(case):
+    op = case.op
+    assert attrs.has(type(op))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        setattr(op, attrs.fields(type(op))[0].name if attrs.fields(type(op)) else "x", None)
+    if op.inplace is not None:
+        assert op.inplace in op.inputs
+    every = set(roles(op))
+    for role, rule in op.vjps.items():
+        assert isinstance(rule, VJP)
+        assert callable(getattr(op, rule.kernel))
+        assert set(rule.needs) <= every | {"out", "gout"}
+        assert rule.inplace is None or rule.inplace in rule.needs
+    if op.name in OPS:  # a spec may use it: each of its tensors needs a gradient rule
+        assert every <= set(op.vjps)
+
+
+# ---- 1. forward against torch ---------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_forward_float64(case):
+    tensors = case.tensors(torch.float64)
+    expected = case.oracle(case.op, **tensors)
+    got = run_forward(case.op, tensors)
+    assert got.shape == expected.shape and got.dtype == torch.float64
+    if case.exact:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, **F64)
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_forward_float32(case):
+    tensors = case.tensors(torch.float32)
+    expected = case.oracle(case.op, **tensors)
+    got = run_forward(case.op, tensors)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    if case.exact:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, **F32)
+
+
+# ---- 2. VJPs against torch.autograd ---------------------------------------------------
+
+@pytest.mark.parametrize(("case", "role"), VJP_CASES)
+def test_vjp_matches_autograd_float64(case, role):
+    tensors = case.tensors(torch.float64)
+    gout = random_like_out(case.op, tensors)
+    expected = oracle_grads(case.op, case.oracle, tensors, gout, [role])[role]
+    torch.testing.assert_close(run_vjp(case.op, role, tensors, gout), expected, **F64)
+
+
+@pytest.mark.parametrize(("case", "role"), VJP_CASES)
+def test_vjp_matches_autograd_float32(case, role):
+    tensors = case.tensors(torch.float32)
+    gout = random_like_out(case.op, tensors)
+    expected = oracle_grads(case.op, case.oracle, tensors, gout, [role])[role]
+    torch.testing.assert_close(run_vjp(case.op, role, tensors, gout), expected, **F32)
+
+
+def test_relu_gradient_at_zero_follows_pytorch():
+    """At x == 0 (either sign) the gradient is 0, as torch.relu's backward has it."""
+    x = torch.tensor([[-1.0, -0.0, 0.0, 2.0], [0.0, 3.0, -0.0, -2.0]], dtype=torch.float64)
+    gout = torch.arange(1.0, 9.0, dtype=torch.float64).view(2, 4)
+    expected = oracle_grads(Relu(), BY_ID["relu"].oracle, {"x": x}, gout, ["x"])["x"]
+    assert torch.equal(run_vjp(Relu(), "x", {"x": x}, gout), expected)
+
+
+def test_sigmoid_saturates_without_nan():
+    x = torch.tensor([-800.0, -40.0, 0.0, 40.0, 800.0], dtype=torch.float64)
+    gout = torch.ones_like(x)
+    y = run_forward(Sigmoid(), {"x": x})
+    assert torch.equal(y, torch.sigmoid(x))
+    expected = oracle_grads(Sigmoid(), BY_ID["sigmoid"].oracle, {"x": x}, gout, ["x"])["x"]
+    got = run_vjp(Sigmoid(), "x", {"x": x}, gout)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, **F64)
+
+
+# ---- 3. VJPs against finite differences -----------------------------------------------
+
+@pytest.mark.parametrize(("case", "role"), VJP_CASES)
+def test_vjp_matches_finite_differences(case, role):
+    tensors = case.tensors(torch.float64, seed=7)
+    gout = random_like_out(case.op, tensors, seed=8)
+    numeric = finite_difference(case.op, tensors, role, gout, eps=1e-6)
+    torch.testing.assert_close(run_vjp(case.op, role, tensors, gout), numeric, **FD)
+
+
+# ---- 4. drawn configurations ----------------------------------------------------------
+
+@st.composite
+def conv_configs(draw):
+    op = Conv2d(in_channels=draw(st.integers(1, 4)), out_channels=draw(st.integers(1, 4)),
+                kernel=draw(st.integers(1, 4)), stride=draw(st.integers(1, 3)),
+                padding=draw(st.integers(0, 2)), dilation=draw(st.integers(1, 3)),
+                bias=draw(st.booleans()))
+    x = (draw(st.integers(1, 3)), op.in_channels, draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    return op, x
+
+
+def _infer_or_error(op, x):
+    try:
+        return op.infer(x=x, **op.params()), None
+    except ng.SpecError as e:
+        return None, e
+
+
+@HYPOTHESIS
+@given(conv_configs())
+def test_conv2d_infer_agrees_with_torch_on_every_configuration(config):
+    """infer gives torch's output shape, or a SpecError on 'kernel' exactly where torch
+    refuses because the output would be empty."""
+    op, x_shape = config
+    shape, error = _infer_or_error(op, x_shape)
+    x = torch.zeros(x_shape)
+    weight = torch.zeros(op.params()["weight"])
+    if error is not None:
+        assert error.field == "kernel"
+        with pytest.raises(RuntimeError):
+            conv_oracle(op, x, weight)
+    else:
+        assert tuple(shape) == tuple(conv_oracle(op, x, weight).shape)
+
+
+@HYPOTHESIS
+@given(conv_configs(), st.integers(0, 2**31 - 1))
+def test_conv2d_drawn_forward_and_vjps_match_autograd(config, seed):
+    op, x_shape = config
+    shape, error = _infer_or_error(op, x_shape)
+    assume(error is None)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {role: torch.randn(s, dtype=torch.float64, generator=gen)
+               for role, s in {"x": x_shape, **op.params()}.items()}
+    gout = torch.randn(shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(run_forward(op, tensors), conv_oracle(op, **tensors), **F64)
+    wrt = list(tensors)
+    expected = oracle_grads(op, conv_oracle, tensors, gout, wrt)
+    for role in wrt:
+        torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64,
+                                   msg=lambda m, role=role: f"{op} grad {role}: {m}")
+
+
+@HYPOTHESIS
+@given(st.integers(1, 4), st.integers(1, 2), st.integers(1, 3), st.integers(1, 6),
+       st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_upsample_drawn_forward_and_vjp_match_torch(scale, n, c, h, w, seed):
+    op = UpsampleNearest(scale)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, c, h, w), dtype=torch.float64, generator=gen)
+    assert op.infer(x=(n, c, h, w)) == (n, c, h * scale, w * scale)
+    assert torch.equal(run_forward(op, {"x": x}), upsample_oracle(op, x))
+    gout = torch.randn((n, c, h * scale, w * scale), dtype=torch.float64, generator=gen)
+    expected = oracle_grads(op, upsample_oracle, {"x": x}, gout, ["x"])["x"]
+    torch.testing.assert_close(run_vjp(op, "x", {"x": x}, gout), expected, **F64)
+
+
+# ---- 5. in place ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", FORWARD_INPLACE)
+def test_forward_may_overwrite_its_inplace_input(case):
+    tensors = case.tensors(torch.float64)
+    assert torch.equal(run_forward(case.op, tensors, alias=True), run_forward(case.op, tensors))
+
+
+@pytest.mark.parametrize(("case", "role"), VJP_INPLACE)
+def test_vjp_may_overwrite_its_inplace_need(case, role):
+    tensors = case.tensors(torch.float64)
+    gout = random_like_out(case.op, tensors)
+    apart = run_vjp(case.op, role, tensors, gout)
+    assert torch.equal(run_vjp(case.op, role, tensors, gout, alias=True), apart)
+
+
+def test_inplace_tables_are_not_empty():
+    """Guards the parametrisation above against silently testing nothing."""
+    assert {p.values[0].op.name for p in FORWARD_INPLACE} >= {"relu", "sigmoid", "add", "accumulate"}
+    assert {p.values[0].op.name for p in VJP_INPLACE} >= {"relu", "sigmoid", "add"}
+
+
+# ---- 6. shape and attribute errors ----------------------------------------------------
+
+def _spec_error(fn, *args, **kwargs) -> ng.SpecError:
+    with pytest.raises(ng.SpecError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+def test_conv2d_wrong_channel_count():
+    op = Conv2d(3, 8, 3)
+    error = _spec_error(op.infer, x=(1, 4, 8, 8), **op.params())
+    assert error.field == "in_channels"
+    assert "4" in str(error) and "3" in str(error)
+
+
+def test_conv2d_kernel_larger_than_padded_input():
+    op = Conv2d(1, 1, 3, dilation=2, padding=1)  # reach 5 > 2 + 2
+    assert _spec_error(op.infer, x=(1, 1, 2, 9), **op.params()).field == "kernel"
+    assert op.infer(x=(1, 1, 3, 3), **op.params()) == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("op", [Conv2d(1, 1, 1), UpsampleNearest(2)], ids=lambda op: op.name)
+@pytest.mark.parametrize("shape", [(1, 1, 4), (1, 1, 4, 4, 1)], ids=["rank3", "rank5"])
+def test_spatial_ops_want_rank_4(op, shape):
+    assert _spec_error(op.infer, x=shape, **op.params()).field == "in"
+
+
+@pytest.mark.parametrize("op", [MSE(), Add()], ids=lambda op: op.name)
+def test_binary_ops_want_equal_shapes(op):
+    a, b = op.inputs
+    assert _spec_error(op.infer, **{a: (1, 3, 4, 4), b: (1, 3, 4, 5)}).field == "in"
+    assert _spec_error(op.infer, **{a: (2, 3), b: (3, 2)}).field == "in"
+
+
+def test_mse_is_a_scalar():
+    assert MSE().infer(prediction=(2, 3, 4, 4), target=(2, 3, 4, 4)) == ()
+
+
+CONV = dict(in_channels=2, out_channels=3, kernel=3)
+BAD_ATTRIBUTES = [
+    (Conv2d, {**CONV, "kernel": 0}, "kernel"),
+    (Conv2d, {**CONV, "kernel": "3"}, "kernel"),
+    (Conv2d, {**CONV, "kernel": 3.0}, "kernel"),
+    (Conv2d, {**CONV, "stride": -1}, "stride"),
+    (Conv2d, {**CONV, "stride": 0}, "stride"),
+    (Conv2d, {**CONV, "padding": -1}, "padding"),
+    (Conv2d, {**CONV, "dilation": 0}, "dilation"),
+    (Conv2d, {**CONV, "bias": 1}, "bias"),
+    (Conv2d, {**CONV, "bias": "yes"}, "bias"),
+    (Conv2d, {**CONV, "in_channels": 0}, "in_channels"),
+    (Conv2d, {**CONV, "in_channels": True}, "in_channels"),
+    (Conv2d, {**CONV, "out_channels": None}, "out_channels"),
+    (UpsampleNearest, {"scale": 0}, "scale"),
+    (UpsampleNearest, {"scale": 2.0}, "scale"),
+    (UpsampleNearest, {"scale": False}, "scale"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "field_name"), BAD_ATTRIBUTES,
+                         ids=[f"{c.name}-{f}={kw[f]!r}" for c, kw, f in BAD_ATTRIBUTES])
+def test_bad_attribute_names_its_field(cls, kwargs, field_name):
+    error = _spec_error(cls, **kwargs)
+    assert error.field == field_name
+    assert f"field '{field_name}'" in str(error)
+
+
+def test_good_attributes_and_defaults():
+    op = Conv2d(**CONV)
+    assert (op.stride, op.padding, op.dilation, op.bias) == (1, 0, 1, True)
+    assert op.params() == {"weight": (3, 2, 3, 3), "bias": (3,)}
+    assert Conv2d(**CONV, bias=False).params() == {"weight": (3, 2, 3, 3)}
+    assert op.fans() == (18, 27)
+    assert op == Conv2d(**CONV) and hash(op) == hash(Conv2d(**CONV))
+
+
+# ---- 7. compiler-internal ops ---------------------------------------------------------
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_accumulate_sums_its_terms_in_order(count):
+    op = Accumulate(count=count)
+    assert op.inputs == tuple(f"t{i}" for i in range(count))
+    gen = torch.Generator().manual_seed(count)
+    terms = {f"t{i}": torch.randn(2, 3, 4, dtype=torch.float64, generator=gen) for i in range(count)}
+    assert op.infer(**{r: t.shape for r, t in terms.items()}) == (2, 3, 4)
+    expected = sum_oracle(op, **terms)
+    assert torch.equal(run_forward(op, terms), expected)
+    assert torch.equal(run_forward(op, terms, alias=True), expected)  # out IS t0
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (2, 3)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_seed_fills_ones(shape, dtype):
+    op = Seed(shape=shape)
+    assert op.inputs == () and op.infer() == shape
+    got = run_forward(op, {}, dtype=dtype)
+    assert got.shape == shape and got.dtype == dtype
+    assert torch.equal(got, torch.ones(shape, dtype=dtype))
