@@ -9,7 +9,7 @@ import n2ngraph as ng
 from n2ngraph.spec import OptimizerSpec
 
 from helpers import DEVICES, ROOT
-from reference import TorchNet
+from torch_reference import TorchNet
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 

@@ -1,0 +1,83 @@
+"""Checkpoints: safetensors files keyed by torch.nn names, written atomically.
+
+A checkpoint holds the parameters (``conv1.weight``...), optionally the optimizer state
+(``optimizer.momentum.conv1.weight``...), and in its metadata the spec text and the
+training state needed to resume (JSON). safetensors cannot execute code on load, and a
+temp file + rename means a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+MOMENTUM = "optimizer.momentum."
+
+
+class CheckpointError(Exception):
+    """A weights file that cannot be used, with the file named in the message."""
+
+
+def write_atomic(path: Path, write) -> None:
+    """Calls ``write(temp_path)`` and renames the result over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, params: dict[str, torch.Tensor], *, spec_text: str,
+                    state: dict | None = None, momentum: dict[str, torch.Tensor] | None = None) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
+    for k, v in (momentum or {}).items():
+        tensors[MOMENTUM + k] = v.detach().to("cpu").contiguous()
+    metadata = {"format": "n2ngraph-checkpoint-1", "spec": spec_text,
+                "state": json.dumps(state or {})}
+    write_atomic(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict, str]:
+    """(params, momentum, training state, spec text) from a checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        tensors = load_file(path)
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if metadata.get("format") != "n2ngraph-checkpoint-1":
+        raise CheckpointError(f"{path}: not an n2ngraph checkpoint (no n2ngraph metadata)")
+    params = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    momentum = {k[len(MOMENTUM):]: v for k, v in tensors.items() if k.startswith(MOMENTUM)}
+    return params, momentum, json.loads(metadata.get("state", "{}")), metadata.get("spec", "")
+
+
+def check_params_fit(path, params: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                     spec_name: str) -> None:
+    """A clear error when a weights file belongs to another network."""
+    missing = [k for k in expected if k not in params]
+    unexpected = [k for k in params if k not in expected]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path}: weights are for another network than spec "
+                              f"'{spec_name}' ({detail})")
+    for k, v in expected.items():
+        if tuple(params[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: '{k}' has shape {tuple(params[k].shape)}, spec "
+                                  f"'{spec_name}' needs {tuple(v.shape)}")

@@ -1,0 +1,483 @@
+"""Photos in, noisy training pairs out: the data layer for Noise2Noise.
+
+Noise2Noise never shows the network a clean target: it learns from two independent
+noisy views of the same clean patch, and the clean image only appears at validation.
+Everything here stays in uint8 (images are ``(3, H, W)``, batches ``(N, 3, H, W)``,
+RGB, channels first) because that is what photos and the course's ``.pkl`` files hold;
+the trainer divides by 255 when it moves a batch to the device.
+
+Sources of photos:
+
+- ``embedded_photos()``: colour photos that ship inside the scikit-image wheel, so a
+  fresh machine can train with no download and no data set to find;
+- ``load_photo`` / ``load_folder``: your own photos, through Pillow;
+- ``load_pairs``: the EPFL EE-559 ``.pkl`` files, ``train_data.pkl`` (noisy, noisy) and
+  ``val_data.pkl`` (noisy, clean).
+
+Every problem with a file surfaces as one ``DataError`` whose message names the file.
+All randomness comes from a ``torch.Generator`` passed in, so a seed fixes the data.
+Writes are atomic (temp file in the same directory, then ``os.replace``): a crash or a
+bad argument never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import attrs
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
+    "load_photo", "load_folder", "save_photo", "Noise", "parse_noise", "random_crops",
+    "training_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
+]
+
+Tensor = torch.Tensor
+
+
+class DataError(Exception):
+    """A file that cannot be used as data, with which file and why, on one line:
+    ``photos/x.png: not an image (cannot identify image file)``."""
+
+    def __init__(self, file: str | os.PathLike, problem: str):
+        self.file = str(file)
+        self.problem = problem
+        super().__init__(f"{self.file}: {problem}")
+
+    def __reduce__(self):  # the default would call DataError(message) and fail
+        return DataError, (self.file, self.problem)
+
+
+# ---------------------------------------------------------------------------------------
+# Embedded photos
+# ---------------------------------------------------------------------------------------
+
+EMBEDDED = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+            "motorcycle_left", "motorcycle_right", "retina", "rocket")
+
+# Split by image, never by crop: crops of one photo share content, so a validation crop
+# from a training photo would measure memory, not denoising. coffee and rocket are two
+# mid-sized everyday scenes (objects on a table; a structure against the sky) unlike
+# anything in the training photos. The stereo motorcycle pair must stay on one side,
+# since its two views are almost the same picture; both are kept for training.
+VALIDATION_PHOTOS = ("coffee", "rocket")
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded() -> dict[str, Tensor]:
+    try:
+        import skimage.data as sk  # imported here: slow to import, needed only here
+    except ImportError as exc:
+        raise ModuleNotFoundError("the embedded photos need scikit-image: "
+                                  "pip install scikit-image") from exc
+    left, right, _disparity = sk.stereo_motorcycle()
+    arrays = {name: getattr(sk, name)() for name in EMBEDDED if not name.startswith("motorcycle")}
+    arrays.update(motorcycle_left=left, motorcycle_right=right)
+    return {name: _from_hwc(arrays[name]) for name in EMBEDDED}
+
+
+def embedded_photos() -> dict[str, Tensor]:
+    """The scikit-image colour photos, by name, as uint8 ``(3, H, W)``.
+
+    Decoded once per process (about a second); each call returns copies, so a caller
+    that edits a photo in place cannot corrupt the next caller's."""
+    return {name: photo.clone() for name, photo in _embedded().items()}
+
+
+def embedded_split() -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(train, val)``: the embedded photos split by image at ``VALIDATION_PHOTOS``."""
+    photos = embedded_photos()
+    train = {k: v for k, v in photos.items() if k not in VALIDATION_PHOTOS}
+    val = {k: v for k, v in photos.items() if k in VALIDATION_PHOTOS}
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------
+# Photo files
+# ---------------------------------------------------------------------------------------
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _from_hwc(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(path, "no such file")
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a file")
+
+
+def _to_rgb(image, path: Path):
+    """Any common mode to 8-bit RGB. Greyscale is repeated over the channels, alpha is
+    dropped, palettes are expanded; 16-bit greyscale is scaled down (Pillow's own
+    conversion would clip it to 255, turning most of the photo white)."""
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        raise DataError(path, f"unsupported image mode {image.mode} (32-bit samples)")
+    return np.array(image.convert("RGB"))  # a writable copy: torch warns on read-only
+
+
+def load_photo(path: str | os.PathLike) -> Tensor:
+    """Read one photo as uint8 ``(3, H, W)`` RGB, upright (EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
+
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here, not later
+            image = ImageOps.exif_transpose(image)
+            return _from_hwc(_to_rgb(image, path))
+    except UnidentifiedImageError:
+        raise DataError(path, "not an image (cannot identify image file)") from None
+    except DecompressionBombError as exc:
+        raise DataError(path, f"image too large to load safely ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's decoders raise all three
+        raise DataError(path, f"corrupt or unreadable image ({_first_line(exc)})") from None
+
+
+def load_folder(path: str | os.PathLike) -> dict[str, Tensor]:
+    """All photos directly inside a folder, by file name, in sorted order.
+
+    Not recursive. Hidden files are skipped (macOS leaves ``._x.png`` resource forks
+    next to photos that are not images). A file that fails to load fails the whole
+    call: silently training on fewer photos than you gave is worse than an error."""
+    folder = Path(path)
+    if not folder.exists():
+        raise DataError(folder, "no such folder")
+    if not folder.is_dir():
+        raise DataError(folder, "is not a folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise DataError(folder, f"no photos in folder (looked for {', '.join(PHOTO_SUFFIXES)})")
+    return {p.name: load_photo(p) for p in files}
+
+
+def _check_photo(path: Path, photo) -> None:
+    if not isinstance(photo, Tensor):
+        raise DataError(path, f"cannot save {type(photo).__name__}, expected a uint8 tensor")
+    if photo.dtype != torch.uint8 or photo.dim() != 3 or photo.shape[0] != 3:
+        raise DataError(path, f"cannot save a {_describe(photo)}, expected uint8 (3, H, W)")
+
+
+def save_photo(path: str | os.PathLike, photo: Tensor) -> None:
+    """Write a uint8 ``(3, H, W)`` photo as PNG (lossless: a denoised result should not
+    gain JPEG artefacts on the way out), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise DataError(path, "save_photo writes PNG; give the file a .png name")
+    _check_photo(path, photo)
+    array = photo.detach().cpu().permute(1, 2, 0).contiguous().numpy()
+    _atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Run ``write(file)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    Same directory, so ``os.replace`` is a rename on one file system: readers see the
+    old file or the new one, never half of one. On any failure the temp file is removed
+    and ``path`` is untouched."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(path, f"cannot write ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes it 0600; give a normal file's mode
+        os.replace(temp, path)
+    except BaseException as exc:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(path, f"cannot write ({exc.strerror or exc})") from exc
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# Noise models
+# ---------------------------------------------------------------------------------------
+
+NOISE_FORMS = ("gaussian:SIGMA (SIGMA >= 0, on the 0-255 scale, e.g. gaussian:25)",
+               "poisson:PEAK (photon count at white, PEAK > 0, e.g. poisson:30)",
+               "bernoulli:P (each pixel set to 0 with probability 0 <= P < 1, e.g. bernoulli:0.5)",
+               "none")
+
+
+def _check_level(noise: "Noise", _attribute, level: float) -> None:
+    ok = {"none": level == 0, "gaussian": level >= 0, "poisson": level > 0,
+          "bernoulli": 0 <= level < 1}
+    if noise.kind not in ok:
+        raise ValueError(f"unknown noise kind {noise.kind!r}; accepted: {'; '.join(NOISE_FORMS)}")
+    if not math.isfinite(level) or not ok[noise.kind]:
+        raise ValueError(f"bad level {level!r} for {noise.kind} noise; accepted: "
+                         f"{'; '.join(NOISE_FORMS)}")
+
+
+def _quantise(values: Tensor) -> Tensor:
+    """To 8 bits, as a camera stores it: round to the nearest level, clip to 0..255."""
+    return values.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@attrs.frozen
+class Noise:
+    """A noise model: ``kind`` in gaussian, poisson, bernoulli, none, and its ``level``.
+
+    ``apply`` works on uint8 and returns uint8, rounded and clipped: the noisy images a
+    real camera gives are quantised too, and the course's data was stored this way.
+    ``str(noise)`` is the string ``parse_noise`` reads, so it round-trips."""
+
+    kind: str
+    level: float = attrs.field(default=0.0, converter=float, validator=_check_level)
+
+    def __str__(self) -> str:
+        if self.kind == "none":
+            return "none"
+        text = repr(self.level)
+        return f"{self.kind}:{text[:-2] if text.endswith('.0') else text}"
+
+    def apply(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        """One noisy realisation of ``clean`` (uint8, ``(..., 3, H, W)``), same shape."""
+        if not isinstance(clean, Tensor) or clean.dtype != torch.uint8 or clean.dim() < 3:
+            raise TypeError(f"Noise.apply takes a uint8 (..., 3, H, W) tensor, got "
+                            f"{_describe(clean)}")
+        return getattr(self, f"_{self.kind}")(clean, generator)
+
+    def _none(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        return clean.clone()
+
+    def _gaussian(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        noisy = torch.randn(clean.shape, generator=generator, device=clean.device)
+        # float() first: a mixed uint8 + float add takes twice as long on CPU
+        return _quantise(torch.add(clean.float(), noisy, alpha=self.level, out=noisy))
+
+    def _poisson(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        # Photon counting: a pixel of value v collects Poisson(v/255 * PEAK) photons.
+        # Low PEAK means few photons and strong noise; the noise grows with brightness.
+        rate = clean.float().mul_(self.level / 255.0)
+        counts = torch.poisson(rate, generator=generator)
+        return _quantise(counts.mul_(255.0 / self.level))
+
+    def _bernoulli(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        # A dropped pixel loses all three channels at once, like a dead photosite.
+        shape = clean.shape[:-3] + (1,) + clean.shape[-2:]
+        keep = torch.rand(shape, generator=generator, device=clean.device) >= self.level
+        return clean * keep
+
+
+def parse_noise(text: str) -> Noise:
+    """``"gaussian:25"``, ``"poisson:30"``, ``"bernoulli:0.5"`` or ``"none"``, to a Noise.
+
+    Case and surrounding spaces are ignored. Anything else is a ValueError that lists
+    the accepted forms."""
+    if not isinstance(text, str):
+        raise ValueError(f"noise must be a string, got {type(text).__name__}")
+    kind, colon, level = text.strip().lower().partition(":")
+    kind, level = kind.strip(), level.strip()
+    if kind == "none" and not colon:
+        return Noise("none")
+    if kind in ("gaussian", "poisson", "bernoulli") and colon:
+        try:
+            return Noise(kind, float(level))
+        except ValueError:
+            pass
+    raise ValueError(f"bad noise {text!r}; accepted: {'; '.join(NOISE_FORMS)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Crops and pairs
+# ---------------------------------------------------------------------------------------
+
+_CHUNK = 4096  # crops noised at a time: keeps the float temporaries near 50 MB
+
+
+def _check_crop(photos: dict[str, Tensor], count: int, crop: int) -> list[str]:
+    if not photos:
+        raise ValueError("no photos to crop from")
+    if count < 0 or crop < 1:
+        raise ValueError(f"need count >= 0 and crop >= 1, got count={count}, crop={crop}")
+    for name, photo in photos.items():
+        if photo.dtype != torch.uint8 or photo.dim() != 3 or photo.shape[0] != 3:
+            raise DataError(name, f"expected a uint8 (3, H, W) photo, got {_describe(photo)}")
+        if min(photo.shape[1:]) < crop:
+            raise DataError(name, f"photo is {photo.shape[1]}x{photo.shape[2]}, "
+                                  f"smaller than the {crop}x{crop} crop")
+    return sorted(photos)  # sorted: the draw depends on the seed, not on dict order
+
+
+def random_crops(photos: dict[str, Tensor], count: int, crop: int,
+                 generator: torch.Generator) -> Tensor:
+    """``count`` clean uint8 ``(count, 3, crop, crop)`` crops at uniform random places.
+
+    Each crop picks its photo uniformly, not by area: by area, the 1411x1411 retina
+    (mostly black border) would supply half of all embedded training crops, and one big
+    photo in a user's folder would drown the rest."""
+    names = _check_crop(photos, count, crop)
+    which = torch.randint(len(names), (count,), generator=generator)
+    where = torch.rand((count, 2), generator=generator, dtype=torch.float64)
+    out = torch.empty((count, 3, crop, crop), dtype=torch.uint8)
+    for i, name in enumerate(names):
+        rows = (which == i).nonzero().squeeze(1)
+        out[rows] = _crops_of(photos[name], crop, where[rows])
+    return out
+
+
+def _crops_of(photo: Tensor, crop: int, where: Tensor) -> Tensor:
+    """Gather crops at fractional positions ``where`` (k, 2) in [0, 1) in one indexing op
+    on the photo's (free, strided) view of all its crop windows."""
+    spans = torch.tensor([photo.shape[1] - crop + 1, photo.shape[2] - crop + 1])
+    top_left = (where * spans).long().minimum(spans - 1)
+    windows = photo.cpu().unfold(1, crop, 1).unfold(2, crop, 1)  # (3, rows, cols, c, c)
+    return windows[:, top_left[:, 0], top_left[:, 1]].transpose(0, 1)
+
+
+def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Noise | str,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(a, b)``: ``count`` random clean crops, each noised twice, independently.
+
+    The Noise2Noise pair: input and target are two noisy views of one clean patch, so
+    the expected target is the clean patch and an L2 loss learns to denoise. Both uint8
+    ``(count, 3, crop, crop)``. The clean crops are the ones ``random_crops`` draws
+    first from the same generator state. ``noise`` may be a string for parse_noise."""
+    noise = parse_noise(noise) if isinstance(noise, str) else noise
+    clean = random_crops(photos, count, crop, generator)
+    a, b = torch.empty_like(clean), torch.empty_like(clean)
+    for start in range(0, count, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        a[part] = noise.apply(clean[part], generator)
+        b[part] = noise.apply(clean[part], generator)
+    return a, b
+
+
+def validation_set(photos: dict[str, Tensor], count: int, crop: int, noise: Noise | str,
+                   seed: int) -> tuple[Tensor, Tensor]:
+    """``(noisy, clean)`` crops fixed by ``seed``: the same set on every run, so PSNR is
+    comparable across runs and epochs. Its own generator, so it does not shift the
+    training draw."""
+    noise = parse_noise(noise) if isinstance(noise, str) else noise
+    generator = torch.Generator().manual_seed(seed)
+    clean = random_crops(photos, count, crop, generator)
+    noisy = torch.empty_like(clean)
+    for start in range(0, count, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        noisy[part] = noise.apply(clean[part], generator)
+    return noisy, clean
+
+
+def batches(a: Tensor, b: Tensor, batch: int,
+            generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of shuffled ``(a[i], b[i])`` batches, the pairs kept together.
+
+    The last partial batch is dropped: a program is compiled and memory-planned for one
+    batch shape, so every step has exactly ``batch`` pairs (and 50,000 pairs with batch
+    4 give 12,500 steps, as in the course). Over epochs each pair is still used about
+    equally, since the shuffle differs each time."""
+    if len(a) != len(b):
+        raise ValueError(f"a and b differ in length: {len(a)} vs {len(b)}")
+    if batch < 1 or batch > len(a):
+        raise ValueError(f"batch must be in 1..{len(a)} (the number of pairs), got {batch}")
+    order = torch.randperm(len(a), generator=generator)
+    for start in range(0, len(a) - batch + 1, batch):
+        rows = order[start:start + batch]
+        yield a.index_select(0, rows), b.index_select(0, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The course's .pkl pairs
+# ---------------------------------------------------------------------------------------
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # torch's message buries the reason mid-text
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    return reason if len(reason) <= 100 else reason[:97] + "..."
+
+
+def _check_pairs(path: Path, pair) -> tuple[Tensor, Tensor]:
+    """The course's layout: two uint8 tensors, both ``(N, 3, H, W)``, one shape.
+
+    Float tensors are refused rather than guessed at: 0..1 or 0..255 cannot be told
+    apart reliably, and a wrong guess trains on images 255 times too dark or bright."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 \
+            or not all(isinstance(t, Tensor) for t in pair):
+        inner = f" ({', '.join(_describe(t) for t in pair)})" \
+            if isinstance(pair, (tuple, list)) and len(pair) <= 4 else ""
+        raise DataError(path, f"expected a pair (a, b) of tensors, got {_describe(pair)}{inner}")
+    for which, t in zip(("first", "second"), pair):
+        if t.dtype != torch.uint8:
+            raise DataError(path, f"{which} tensor is {_describe(t)}, expected uint8 (0..255)")
+        if t.dim() != 4 or t.shape[1] != 3 or 0 in t.shape:
+            raise DataError(path, f"{which} tensor is {_describe(t)}, "
+                                  f"expected (N, 3, H, W) with N, H, W >= 1")
+    if pair[0].shape != pair[1].shape:
+        raise DataError(path, f"the tensors differ in shape: {tuple(pair[0].shape)} vs "
+                              f"{tuple(pair[1].shape)}")
+    return pair[0], pair[1]
+
+
+def load_pairs(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
+    """Read a course ``.pkl``: ``train_data.pkl`` gives (noisy, noisy), ``val_data.pkl``
+    gives (noisy, clean). Loaded with ``weights_only=True`` (a pickle from elsewhere
+    cannot run code) onto the CPU, whatever device it was saved from."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about old pickle protocols
+            pair = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises half a dozen types for a bad file
+        raise DataError(path, "not a torch file of tensors, or corrupt "
+                              f"({_first_line(exc)})") from None
+    return _check_pairs(path, pair)
+
+
+def save_pairs(path: str | os.PathLike, a: Tensor, b: Tensor) -> None:
+    """Write ``(a, b)`` in the course's format, atomically; ``load_pairs`` reads it back.
+
+    Checked first, so a file that cannot be loaded back is never written. Each tensor is
+    saved from a compact CPU copy: ``torch.save`` of a slice stores its whole storage."""
+    path = Path(path)
+    pair = _check_pairs(path, (a, b))
+    compact = tuple(t.detach().cpu().clone(memory_format=torch.contiguous_format) for t in pair)
+    _atomic_write(path, lambda f: torch.save(compact, f))

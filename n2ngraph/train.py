@@ -1,0 +1,232 @@
+"""Training runs: data per epoch, the step loop, validation, checkpoints and resume.
+
+A run directory holds everything a run produced and everything needed to continue it:
+
+    config.json        the settings used (spec recipe + command-line overrides)
+    spec.yaml          the spec text, as trained
+    metrics.csv        one row per epoch: loss, validation PSNR, time, throughput
+    last.safetensors   parameters + optimizer state + position (epoch, step)
+    best.safetensors   parameters of the epoch with the best validation PSNR
+    *.png              plots (loss and PSNR per epoch, example denoisings)
+
+Every epoch's data and order are derived from (seed, epoch) alone, so resuming from a
+checkpoint that records (epoch, step) regenerates the same batches and continues
+bit-identically: no random-generator state has to be saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import attrs
+import torch
+
+from . import data as datasets
+from .checkpoint import check_params_fit, load_checkpoint, save_checkpoint, write_atomic
+from .metrics import psnr
+from .spec import Spec
+
+
+@attrs.frozen
+class TrainConfig:
+    """Settings of one run; ``None`` means "the spec's recipe"."""
+
+    epochs: int
+    batch: int
+    lr: float
+    pairs: int
+    seed: int
+    crop: int
+    noise: str = "gaussian:25"
+    data: str | None = None
+    val_count: int = 1000
+    device: str = "cpu"
+
+    @classmethod
+    def from_spec(cls, spec: Spec, **overrides) -> "TrainConfig":
+        r = spec.train
+        base = dict(epochs=r.epochs, batch=r.batch, lr=r.optimizer.lr, pairs=r.pairs,
+                    seed=r.seed, crop=r.crop)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+@attrs.frozen
+class Data:
+    """What a run trains and validates on."""
+
+    make_pairs: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # epoch -> (a, b) uint8
+    val_noisy: torch.Tensor
+    val_clean: torch.Tensor
+    description: str
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def prepare_data(config: TrainConfig) -> Data:
+    noise = datasets.parse_noise(config.noise)
+    source = config.data
+    if source is not None and Path(source).suffix == ".pkl":
+        a, b = datasets.load_pairs(source)
+        val_path = Path(source).with_name("val_data.pkl")
+        if val_path.exists() and val_path != Path(source):
+            val_noisy, val_clean = datasets.load_pairs(val_path)
+        else:
+            _, val = datasets.embedded_split()
+            val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
+                                                           noise, config.seed)
+        count = min(config.pairs, a.shape[0])
+        return Data(lambda epoch: (a[:count], b[:count]), val_noisy, val_clean,
+                    f"{count} pairs from {source}")
+    if source is None:
+        train, val = datasets.embedded_split()
+        where = "scikit-image's photos"
+    else:
+        photos = datasets.load_folder(source)
+        names = sorted(photos)
+        val_names = names[4::5] or names[:1]
+        train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
+        val = {k: photos[k] for k in val_names}
+        where = f"{len(names)} photos in {source}"
+    val_noisy, val_clean = datasets.validation_set(val, config.val_count, config.crop, noise,
+                                                   config.seed)
+
+    def make_pairs(epoch: int):
+        return datasets.training_pairs(train, config.pairs, config.crop, noise,
+                                       epoch_generator(config.seed, epoch))
+
+    return Data(make_pairs, val_noisy, val_clean,
+                f"{config.pairs} fresh {config.crop}x{config.crop} pairs per epoch from {where}, "
+                f"noise {noise}; validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
+
+
+def to_float(batch: torch.Tensor, device, dtype) -> torch.Tensor:
+    return batch.to(device=device, dtype=dtype).div_(255)
+
+
+def evaluate(model, noisy: torch.Tensor, clean: torch.Tensor, *, device="cpu",
+             dtype=torch.float32, chunk: int = 250) -> tuple[float, float]:
+    """(PSNR of the input, PSNR of the output) in dB over uint8 pairs."""
+    outputs = []
+    for start in range(0, len(noisy), chunk):
+        x = to_float(noisy[start:start + chunk], device, dtype)
+        outputs.append(model.forward(x).clamp_(0, 1).cpu())
+    out = torch.cat(outputs).to(torch.float64)
+    reference = clean.to(torch.float64) / 255
+    return psnr(noisy.to(torch.float64) / 255, reference), psnr(out, reference)
+
+
+class Run:
+    """One training run in its directory; ``train()`` continues from wherever it is."""
+
+    def __init__(self, directory: Path, spec: Spec, spec_text: str, model, config: TrainConfig,
+                 *, dtype=torch.float32, log=print):
+        self.dir = Path(directory)
+        self.spec, self.spec_text, self.model, self.config = spec, spec_text, model, config
+        self.dtype = dtype
+        self.log = log
+        self.epoch, self.step, self.best = 0, 0, float("-inf")
+        self.running = (0.0, 0)  # (sum of losses, steps) of the current epoch
+
+    # ---- files -----------------------------------------------------------------
+    def create(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=False)
+        write_atomic(self.dir / "config.json",
+                     lambda t: Path(t).write_text(json.dumps(attrs.asdict(self.config), indent=2)))
+        write_atomic(self.dir / "spec.yaml", lambda t: Path(t).write_text(self.spec_text))
+
+    def save(self, name: str) -> None:
+        state = {"epoch": self.epoch, "step": self.step, "best": self.best,
+                 "running": list(self.running), "optimizer_steps": self.model.optimizer.steps}
+        save_checkpoint(self.dir / name, self.model.state_dict(), spec_text=self.spec_text,
+                        state=state, momentum=self.model.optimizer.momentum)
+
+    def restore(self) -> None:
+        path = self.dir / "last.safetensors"
+        params, momentum, state, _ = load_checkpoint(path)
+        check_params_fit(path, params, self.model.state_dict(), self.spec.name)
+        self.model.load_state_dict(params)
+        self.model.optimizer.load_state_dict({"steps": state["optimizer_steps"], "momentum": momentum})
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best = state["best"]
+        self.running = tuple(state["running"])
+
+    def _record(self, row: dict) -> None:
+        path = self.dir / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def metrics(self) -> list[dict]:
+        path = self.dir / "metrics.csv"
+        if not path.exists():
+            return []
+        with path.open() as f:
+            return list(csv.DictReader(f))
+
+    # ---- the loop --------------------------------------------------------------
+    def train(self, data: Data, *, max_steps: int | None = None, progress: bool = True) -> bool:
+        """Trains to the configured epoch count; returns False if stopped early
+        (``max_steps`` reached or Ctrl-C), after saving a resumable checkpoint."""
+        from tqdm import tqdm
+
+        c = self.config
+        steps_done = 0
+        while self.epoch < c.epochs:
+            a, b = data.make_pairs(self.epoch)
+            shuffle = epoch_generator(c.seed, self.epoch + 500_000)
+            order = torch.randperm(len(a), generator=shuffle)
+            per_epoch = len(a) // c.batch
+            started = time.perf_counter()
+            bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                       unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+            try:
+                while self.step < per_epoch:
+                    idx = order[self.step * c.batch:(self.step + 1) * c.batch]
+                    x = to_float(a[idx], c.device, self.dtype)
+                    t = to_float(b[idx], c.device, self.dtype)
+                    loss = self.model.train_step(x, t)
+                    self.step += 1
+                    total, count = self.running
+                    self.running = (total + loss, count + 1)
+                    bar.update(1)
+                    if self.step % 50 == 0:
+                        rate = bar.format_dict["rate"] or 0
+                        bar.set_postfix(loss=f"{self.running[0] / self.running[1]:.5f}",
+                                        samples_s=f"{rate * c.batch:,.0f}")
+                    steps_done += 1
+                    if max_steps is not None and steps_done >= max_steps:
+                        self.save("last.safetensors")
+                        return False
+            except KeyboardInterrupt:
+                bar.close()
+                self.save("last.safetensors")
+                self.log(f"interrupted: saved {self.dir / 'last.safetensors'}; continue with --resume {self.dir}")
+                return False
+            bar.close()
+            seconds = time.perf_counter() - started
+            input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
+                                               device=c.device, dtype=self.dtype)
+            total, count = self.running
+            row = {"epoch": self.epoch + 1, "train_loss": f"{total / max(count, 1):.6f}",
+                   "val_psnr": f"{output_psnr:.4f}", "input_psnr": f"{input_psnr:.4f}",
+                   "seconds": f"{seconds:.1f}", "samples_per_s": f"{per_epoch * c.batch / seconds:.0f}"}
+            self._record(row)
+            self.log(f"epoch {self.epoch + 1}/{c.epochs}: loss {row['train_loss']}, validation "
+                     f"{input_psnr:.2f} dB -> {output_psnr:.2f} dB, {seconds:.0f} s "
+                     f"({row['samples_per_s']} samples/s)")
+            self.epoch, self.step, self.running = self.epoch + 1, 0, (0.0, 0)
+            if output_psnr > self.best:
+                self.best = output_psnr
+                self.save("best.safetensors")
+            self.save("last.safetensors")
+        return True

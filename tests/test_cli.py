@@ -1,0 +1,203 @@
+"""The main job end to end: train, resume, evaluate, denoise, sweep, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from n2ngraph import data as datasets
+from n2ngraph.checkpoint import load_checkpoint
+from n2ngraph.run import main
+
+from helpers import ROOT
+
+SPEC = str(ROOT / "specs" / "noise2noise.yaml")
+QUICK = ["--pairs", "64", "--batch", "4", "--val-count", "16", "--no-progress", "--lr", "0.5"]
+
+
+def _train(run, *extra) -> int:
+    return main([SPEC, "--train", "--run", str(run), "--epochs", "2", *QUICK, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "full"
+    assert _train(run) == 0
+    return run
+
+
+def test_training_writes_a_complete_run_directory(trained):
+    for name in ("config.json", "spec.yaml", "metrics.csv", "last.safetensors",
+                 "best.safetensors", "history.png", "examples.png"):
+        assert (trained / name).is_file(), name
+    rows = (trained / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_psnr,input_psnr")
+    assert len(rows) == 3
+    params, momentum, state, spec_text = load_checkpoint(trained / "last.safetensors")
+    assert {"conv1.weight", "conv1.bias", "conv4.weight"} <= set(params)
+    assert state["epoch"] == 2 and "conv1:" in spec_text
+
+
+def test_an_interrupted_run_resumes_bit_identically(trained, tmp_path):
+    run = tmp_path / "interrupted"
+    assert _train(run, "--max-steps", "11") == 0  # stops mid-epoch 1
+    assert not (run / "metrics.csv").exists()
+    assert main(["--resume", str(run), "--max-steps", "9", "--no-progress"]) == 0  # into epoch 2
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    expected, _, _, _ = load_checkpoint(trained / "last.safetensors")
+    resumed, _, state, _ = load_checkpoint(run / "last.safetensors")
+    assert state["epoch"] == 2
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+    column = [r.split(",")[1] for r in (trained / "metrics.csv").read_text().splitlines()]
+    assert column == [r.split(",")[1] for r in (run / "metrics.csv").read_text().splitlines()]
+
+
+def test_momentum_state_survives_a_resume(tmp_path):
+    args = [SPEC, "--train", "--epochs", "1", *QUICK]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    spec_text = (ROOT / "specs" / "noise2noise.yaml").read_text().replace(
+        "momentum: 0.0, dampening: 0.0", "momentum: 0.9, dampening: 0.0")
+    spec = tmp_path / "momentum.yaml"
+    spec.write_text(spec_text)
+    args[0] = str(spec)
+    assert main([*args, "--run", str(straight)]) == 0
+    assert main([*args, "--run", str(stopped), "--max-steps", "5"]) == 0
+    assert main(["--resume", str(stopped), "--no-progress"]) == 0
+    a, ma, _, _ = load_checkpoint(straight / "last.safetensors")
+    b, mb, _, _ = load_checkpoint(stopped / "last.safetensors")
+    assert ma and all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_reports_input_and_output_psnr(trained, capsys):
+    assert main([SPEC, "--eval", "--weights", str(trained), "--val-count", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "(input) ->" in out
+
+
+def test_eval_on_a_folder_of_photos(trained, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = datasets.embedded_photos()
+    datasets.save_photo(folder / "a.png", photos["astronaut"][:, :37, :45])
+    datasets.save_photo(folder / "b.png", photos["coffee"][:, :40, :33])
+    assert main([SPEC, "--eval", "--weights", str(trained / "best.safetensors"), "--data", str(folder)]) == 0
+    assert "on 2 photos" in capsys.readouterr().out
+
+
+def test_denoise_keeps_odd_sizes(trained, tmp_path):
+    photo = datasets.embedded_photos()["chelsea"][:, :51, :77]
+    datasets.save_photo(tmp_path / "cat.png", photo)
+    out = tmp_path / "out"
+    assert main([SPEC, "--denoise", str(tmp_path / "cat.png"), "--weights", str(trained), "--out", str(out)]) == 0
+    result = datasets.load_photo(out / "cat.png")
+    assert result.shape == photo.shape and result.dtype == torch.uint8
+    # an existing output is not overwritten without --overwrite
+    before = (out / "cat.png").read_bytes()
+    assert main([SPEC, "--denoise", str(tmp_path / "cat.png"), "--weights", str(trained), "--out", str(out)]) == 2
+    assert (out / "cat.png").read_bytes() == before
+
+
+def test_sweep_writes_its_figure(tmp_path):
+    run = tmp_path / "sweep"
+    assert main([SPEC, "--sweep", "--run", str(run), "--lrs", "0.1,1", "--batches", "4,8",
+                 "--epochs", "1", "--pairs", "32", "--val-count", "8", "--no-progress"]) == 0
+    assert (run / "sweep.png").is_file()
+    assert len((run / "sweep.csv").read_text().splitlines()) == 5
+
+
+# ---- bad input: one line, exit 2, nothing clobbered ----------------------------------
+
+
+def _fails(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_existing_run_directory_is_refused(trained, capsys):
+    before = (trained / "last.safetensors").read_bytes()
+    _fails(capsys, [SPEC, "--train", "--run", str(trained), *QUICK], str(trained), "already exists")
+    assert (trained / "last.safetensors").read_bytes() == before
+
+
+def test_missing_and_corrupt_spec(tmp_path, capsys):
+    _fails(capsys, [str(tmp_path / "nope.yaml"), "--train"], "nope.yaml", "cannot read spec")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes: [\n")
+    _fails(capsys, [str(bad), "--train", "--run", str(tmp_path / "r")], "bad.yaml", "invalid YAML")
+    assert not (tmp_path / "r").exists()
+
+
+def test_weights_for_another_spec(trained, capsys):
+    _fails(capsys, [str(ROOT / "specs" / "skipnet.yaml"), "--eval", "--weights", str(trained)],
+           "best.safetensors", "another network")
+
+
+def test_corrupt_and_missing_weights(tmp_path, capsys):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    _fails(capsys, [SPEC, "--eval", "--weights", str(junk)], "junk.safetensors")
+    _fails(capsys, [SPEC, "--eval", "--weights", str(tmp_path / "none.safetensors")], "none.safetensors")
+
+
+def test_bad_images(trained, tmp_path, capsys):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    _fails(capsys, [SPEC, "--denoise", str(fake), "--weights", str(trained), "--out", str(tmp_path / "o")],
+           "fake.png")
+    _fails(capsys, [SPEC, "--denoise", str(tmp_path / "gone.png"), "--weights", str(trained),
+                    "--out", str(tmp_path / "o")], "gone.png")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_pkl(tmp_path, capsys):
+    wrong = tmp_path / "train_data.pkl"
+    torch.save((torch.zeros(4, 1, 32, 32, dtype=torch.uint8),) * 2, wrong)
+    _fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), "--data", str(wrong), *QUICK],
+           "train_data.pkl")
+    wrong.write_bytes(b"garbage")
+    _fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), "--data", str(wrong), *QUICK],
+           "train_data.pkl")
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_options(tmp_path, capsys):
+    _fails(capsys, [SPEC, "--train", "--noise", "pink:3", "--run", str(tmp_path / "r")], "--noise")
+    _fails(capsys, [SPEC, "--train", "--epochs", "0", "--run", str(tmp_path / "r")], "--epochs")
+    _fails(capsys, [SPEC, "--denoise", "x.png", "--weights", "w"], "--out")
+    _fails(capsys, ["--resume", str(tmp_path)], "config.json")
+
+
+def test_training_from_the_course_pkl_format(tmp_path):
+    photos, _ = datasets.embedded_split()
+    noise = datasets.parse_noise("gaussian:25")
+    a, b = datasets.training_pairs(photos, 40, 32, noise, torch.Generator().manual_seed(1))
+    datasets.save_pairs(tmp_path / "train_data.pkl", a, b)
+    noisy, clean = datasets.validation_set(photos, 8, 32, noise, 0)
+    datasets.save_pairs(tmp_path / "val_data.pkl", noisy, clean)
+    run = tmp_path / "run"
+    assert main([SPEC, "--train", "--run", str(run), "--epochs", "1", "--data",
+                 str(tmp_path / "train_data.pkl"), *QUICK]) == 0
+    assert (run / "best.safetensors").is_file()
+
+
+def test_a_user_error_prints_no_traceback_from_the_shell(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "n2ngraph.run", str(tmp_path / "x.yaml"), "--train"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_help_documents_every_mode():
+    result = subprocess.run([sys.executable, "-m", "n2ngraph.run", "--help"], capture_output=True,
+                            text=True, cwd=ROOT)
+    for mode in ("--train", "--resume", "--eval", "--denoise", "--sweep", "examples:"):
+        assert mode in result.stdout
