@@ -9,33 +9,19 @@ temp file + rename means a crash never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .fileio import write_atomic
+
 MOMENTUM = "optimizer.momentum."
 
 
 class CheckpointError(Exception):
     """A weights file that cannot be used, with the file named in the message."""
-
-
-def write_atomic(path: Path, write) -> None:
-    """Calls ``write(temp_path)`` and renames the result over ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, params: dict[str, torch.Tensor], *, spec_text: str,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +32,8 @@ from typing import Callable, Iterator
 import attrs
 import numpy as np
 import torch
+
+from .fileio import atomic_path
 
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
@@ -194,35 +195,14 @@ def save_photo(path: str | os.PathLike, photo: Tensor) -> None:
 # Atomic writes
 # ---------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, write: Callable) -> None:
-    """Run ``write(file)`` on a temp file beside ``path``, then rename it over ``path``.
-
-    Same directory, so ``os.replace`` is a rename on one file system: readers see the
-    old file or the new one, never half of one. On any failure the temp file is removed
-    and ``path`` is untouched."""
+    """Run ``write(file)`` on a temp file beside ``path``, then rename it over ``path``
+    (see ``fileio.atomic_path``); an OS error becomes a DataError naming ``path``."""
     try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with atomic_path(path) as temp, open(temp, "wb") as f:
+            write(f)
     except OSError as exc:
         raise DataError(path, f"cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes it 0600; give a normal file's mode
-        os.replace(temp, path)
-    except BaseException as exc:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(path, f"cannot write ({exc.strerror or exc})") from exc
-        raise
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import write_atomic
+from .fileio import write_atomic
 
 
 def _pyplot():

@@ -284,7 +284,7 @@ def do_denoise(args) -> int:
 def do_sweep(args) -> int:
     import csv
 
-    from .checkpoint import write_atomic
+    from .fileio import write_atomic
     from .plots import plot_sweep
     from .train import Run, prepare_data
 

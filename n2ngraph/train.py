@@ -26,7 +26,8 @@ import attrs
 import torch
 
 from . import data as datasets
-from .checkpoint import check_params_fit, load_checkpoint, save_checkpoint, write_atomic
+from .checkpoint import check_params_fit, load_checkpoint, save_checkpoint
+from .fileio import write_atomic
 from .metrics import psnr
 from .spec import Spec
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from n2ngraph import data
+from n2ngraph import data, fileio
 from n2ngraph.data import DataError, Noise, parse_noise
 from n2ngraph.metrics import psnr, psnr_per_image, psnr_uint8
 
@@ -335,7 +335,7 @@ def test_pkl_round_trip(tmp_path):
     plain = torch.load(path, weights_only=True)
     assert isinstance(plain, tuple) and len(plain) == 2
     assert no_temp_files(tmp_path)
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~data._umask()
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~fileio._umask()
 
 
 def test_pkl_written_by_the_course_loads(tmp_path):
