@@ -30,6 +30,7 @@ examples:
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick --data photos/ --noise gaussian:25
   python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png b.jpg --weights runs/quick --out clean/
   python -m n2ngraph.run specs/noise2noise.yaml --sweep --lrs 0.1,1,1.5 --batches 4,16 --epochs 1
+  python -m n2ngraph.run specs/noise2noise.yaml --export pairs/ --pairs 50000   course-format pkl files
   python -m n2ngraph.run specs/noise2noise.yaml --summary                compiled graph and memory plan
 
 data (--data): scikit-image's bundled photos by default (split by image into training
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--eval", action="store_true", help="PSNR of input and output on validation data")
     mode.add_argument("--denoise", nargs="+", metavar="IMG", help="denoise these photos")
     mode.add_argument("--sweep", action="store_true", help="grid of learning rates x batch sizes")
+    mode.add_argument("--export", metavar="DIR", help="write training and validation pairs as the "
+                      "course's train_data.pkl / val_data.pkl")
     mode.add_argument("--summary", action="store_true", help="print the compiled program (default)")
     r = p.add_argument_group("training (defaults: the spec's train: recipe)")
     r.add_argument("--epochs", type=int)
@@ -324,6 +327,27 @@ def do_sweep(args) -> int:
     return 0
 
 
+def do_export(args) -> int:
+    from . import data as datasets
+    from .train import prepare_data
+
+    spec, _ = _spec(args)
+    config = _config(spec, args)
+    out = Path(args.export)
+    targets = [out / "train_data.pkl", out / "val_data.pkl"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise UsageError(f"{existing[0]} exists; choose another folder")
+    data = prepare_data(config)
+    a, b = data.make_pairs(0)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.save_pairs(targets[0], a, b)
+    datasets.save_pairs(targets[1], data.val_noisy, data.val_clean)
+    print(f"wrote {targets[0]} ({len(a)} noisy/noisy pairs) and {targets[1]} "
+          f"({len(data.val_noisy)} noisy/clean pairs); {data.description}")
+    return 0
+
+
 def do_summary(args) -> int:
     spec, _ = _spec(args)
     recipe = spec.train
@@ -363,7 +387,7 @@ def do_summary(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     modes = [("train", do_train), ("resume", do_resume), ("eval", do_eval),
-             ("denoise", do_denoise), ("sweep", do_sweep)]
+             ("denoise", do_denoise), ("sweep", do_sweep), ("export", do_export)]
     action = next((fn for name, fn in modes if getattr(args, name)), do_summary)
     try:
         return action(args)

@@ -176,13 +176,13 @@ def test_bad_options(tmp_path, capsys):
     _fails(capsys, ["--resume", str(tmp_path)], "config.json")
 
 
-def test_training_from_the_course_pkl_format(tmp_path):
-    photos, _ = datasets.embedded_split()
-    noise = datasets.parse_noise("gaussian:25")
-    a, b = datasets.training_pairs(photos, 40, 32, noise, torch.Generator().manual_seed(1))
-    datasets.save_pairs(tmp_path / "train_data.pkl", a, b)
-    noisy, clean = datasets.validation_set(photos, 8, 32, noise, 0)
-    datasets.save_pairs(tmp_path / "val_data.pkl", noisy, clean)
+def test_training_from_exported_course_pkl_files(tmp_path, capsys):
+    assert main([SPEC, "--export", str(tmp_path), "--pairs", "40", "--val-count", "8"]) == 0
+    a, b = datasets.load_pairs(tmp_path / "train_data.pkl")
+    noisy, clean = datasets.load_pairs(tmp_path / "val_data.pkl")
+    assert a.shape == b.shape == (40, 3, 32, 32) and noisy.shape == clean.shape == (8, 3, 32, 32)
+    assert not torch.equal(a, b)  # two independent noisy views, never the same pixels
+    _fails(capsys, [SPEC, "--export", str(tmp_path), "--pairs", "40"], "exists")
     run = tmp_path / "run"
     assert main([SPEC, "--train", "--run", str(run), "--epochs", "1", "--data",
                  str(tmp_path / "train_data.pkl"), *QUICK]) == 0
