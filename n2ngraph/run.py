@@ -116,6 +116,10 @@ def _config(spec: Spec, args, **extra):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    batch = extra.get("batch") or args.batch or spec.train.batch
+    pairs = args.pairs or spec.train.pairs
+    if batch > pairs:
+        raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
     if args.lr is not None and args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     try:

@@ -17,6 +17,7 @@ bit-identically: no random-generator state has to be saved.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 from pathlib import Path
@@ -185,16 +186,15 @@ class Run:
         while self.epoch < c.epochs:
             a, b = data.make_pairs(self.epoch)
             shuffle = epoch_generator(c.seed, self.epoch + 500_000)
-            order = torch.randperm(len(a), generator=shuffle)
-            per_epoch = len(a) // c.batch
+            per_epoch, first_step = len(a) // c.batch, self.step
+            stream = itertools.islice(datasets.batches(a, b, c.batch, shuffle), self.step, None)
             started = time.perf_counter()
             bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{c.epochs}",
                        unit="step", disable=not progress, leave=False, dynamic_ncols=True)
             try:
-                while self.step < per_epoch:
-                    idx = order[self.step * c.batch:(self.step + 1) * c.batch]
-                    x = to_float(a[idx], c.device, self.dtype)
-                    t = to_float(b[idx], c.device, self.dtype)
+                for batch_a, batch_b in stream:
+                    x = to_float(batch_a, c.device, self.dtype)
+                    t = to_float(batch_b, c.device, self.dtype)
                     loss = self.model.train_step(x, t)
                     self.step += 1
                     total, count = self.running
@@ -218,9 +218,10 @@ class Run:
             input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
                                                device=c.device, dtype=self.dtype)
             total, count = self.running
+            throughput = (per_epoch - first_step) * c.batch / seconds
             row = {"epoch": self.epoch + 1, "train_loss": f"{total / max(count, 1):.6f}",
                    "val_psnr": f"{output_psnr:.4f}", "input_psnr": f"{input_psnr:.4f}",
-                   "seconds": f"{seconds:.1f}", "samples_per_s": f"{per_epoch * c.batch / seconds:.0f}"}
+                   "seconds": f"{seconds:.1f}", "samples_per_s": f"{throughput:.0f}"}
             self._record(row)
             self.log(f"epoch {self.epoch + 1}/{c.epochs}: loss {row['train_loss']}, validation "
                      f"{input_psnr:.2f} dB -> {output_psnr:.2f} dB, {seconds:.0f} s "
