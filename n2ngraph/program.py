@@ -122,29 +122,31 @@ class Program:
                 raise TypeError(f"input '{name}' must be a torch.Tensor, got {type(t).__name__}")
         return bound
 
-    def train_step(self, *inputs: torch.Tensor) -> float:
-        """Forward, backward and one optimizer update on one batch; returns the loss.
-
-        Inputs are given in the spec's input order (``x, target`` for noise2noise).
-        """
+    def _run_training_graph(self, inputs: Sequence[torch.Tensor]) -> float:
+        """Binds the inputs (spec order), checks their shapes, runs forward and backward
+        of the plan for that shape, and returns the loss."""
         names = self.spec.input_names
         bound = self._bind_inputs(inputs, names)
         shapes = self.input_shapes(bound[names[0]].shape)
         for name, t in bound.items():
             if tuple(t.shape) != shapes[name]:
                 raise ValueError(f"input '{name}' has shape {tuple(t.shape)}, expected {shapes[name]}")
-        compiled = self.compiled("train", shapes)
-        compiled.executable.run(bound)
+        executable = self.compiled("train", shapes).executable
+        executable.run(bound)
+        return executable.values[self.spec.loss].item()
+
+    def train_step(self, *inputs: torch.Tensor) -> float:
+        """Forward, backward and one optimizer update on one batch; returns the loss.
+
+        Inputs are given in the spec's input order (``x, target`` for noise2noise).
+        """
+        loss = self._run_training_graph(inputs)
         self.optimizer.step()
-        return compiled.executable.values[self.spec.loss].item()
+        return loss
 
     def loss(self, *inputs: torch.Tensor) -> float:
         """The loss on one batch, without updating anything (gradients are refreshed)."""
-        names = self.spec.input_names
-        bound = self._bind_inputs(inputs, names)
-        compiled = self.compiled("train", self.input_shapes(bound[names[0]].shape))
-        compiled.executable.run(bound)
-        return compiled.executable.values[self.spec.loss].item()
+        return self._run_training_graph(inputs)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Inference: the spec's ``output`` for input ``x``, in a new tensor (or ``out``)."""

@@ -149,28 +149,17 @@ def test_the_op_declares_a_consistent_contract(case):
 
 # ---- 1. forward against torch ---------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_forward_float64(case):
-    tensors = case.tensors(torch.float64)
+def test_forward(case, dtype):
+    tensors = case.tensors(dtype)
     expected = case.oracle(case.op, **tensors)
     got = run_forward(case.op, tensors)
-    assert got.shape == expected.shape and got.dtype == torch.float64
+    assert got.shape == expected.shape and got.dtype == dtype
     if case.exact:
         assert torch.equal(got, expected)
     else:
-        torch.testing.assert_close(got, expected, **F64)
-
-
-@pytest.mark.parametrize("case", CASES, ids=ids)
-def test_forward_float32(case):
-    tensors = case.tensors(torch.float32)
-    expected = case.oracle(case.op, **tensors)
-    got = run_forward(case.op, tensors)
-    assert got.shape == expected.shape and got.dtype == torch.float32
-    if case.exact:
-        assert torch.equal(got, expected)
-    else:
-        torch.testing.assert_close(got, expected, **F32)
+        torch.testing.assert_close(got, expected, **(F64 if dtype == torch.float64 else F32))
 
 
 # ---- 2. VJPs against torch.autograd ---------------------------------------------------
