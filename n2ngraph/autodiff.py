@@ -11,6 +11,12 @@ Reverse mode over the graph, written out as more graph instead of run on a tape:
 - VJPs towards values no parameter influences (the input image, the target) are never
   built; they are listed in ``graph.graph['pruned']`` so pictures can show them.
 
+A module-style backward (``compat``: ``backward(grad_output)`` returning the gradient
+w.r.t. the module's input) needs two more things, both options: ``seed_input`` makes
+``grad:<loss>`` a graph *input* (the caller's output gradient, any shape) instead of a
+constant 1, and ``wrt_inputs`` names graph inputs whose gradients are built rather than
+pruned (listed in ``graph.graph['input_grads']``).
+
 The result keeps every forward value and adds ``grad:*`` values with the same
 attributes as forward ones (see ``graph.py``), so the scheduler, memory planner and
 executor treat forward and backward alike.
@@ -28,10 +34,17 @@ def grad_name(value: str) -> str:
     return f"grad:{value}"
 
 
-def joint_graph(forward: nx.DiGraph, loss: str) -> nx.DiGraph:
-    """Forward graph plus the backward program computing d loss / d every parameter."""
+def joint_graph(forward: nx.DiGraph, loss: str, *, seed_input: bool = False,
+                wrt_inputs: tuple[str, ...] = ()) -> nx.DiGraph:
+    """Forward graph plus the backward program computing d loss / d every parameter
+    (and d loss / d each of ``wrt_inputs``), seeded with 1 or, with ``seed_input``,
+    with a gradient given as the graph input ``grad:<loss>``."""
     params = [v for v, kind in forward.nodes(data="kind") if kind == "param"]
-    influenced = set(params).union(*(nx.descendants(forward, p) for p in params))
+    for name in wrt_inputs:
+        if forward.nodes.get(name, {}).get("kind") != "input":
+            raise ValueError(f"'{name}' is not an input of the graph")
+    sources = [*params, *wrt_inputs]
+    influenced = set(sources).union(*(nx.descendants(forward, s) for s in sources))
     needs_grad = influenced & (nx.ancestors(forward, loss) | {loss})
 
     readers: dict[str, list[tuple[str, str]]] = {v: [] for v in forward}
@@ -42,10 +55,13 @@ def joint_graph(forward: nx.DiGraph, loss: str) -> nx.DiGraph:
                     readers[source].append((node, role))
 
     graph = nx.DiGraph(forward)
-    graph.graph.update(loss=loss, pruned=(), grads={})
-    graph.add_node(grad_name(loss), kind="seed", shape=forward.nodes[loss]["shape"],
-                   op=Seed(shape=forward.nodes[loss]["shape"]), kernel="forward", args=(),
-                   inplace=None, fwd=loss)
+    graph.graph.update(loss=loss, pruned=(), grads={}, input_grads={})
+    if seed_input:
+        graph.add_node(grad_name(loss), kind="input", shape=forward.nodes[loss]["shape"])
+    else:
+        graph.add_node(grad_name(loss), kind="seed", shape=forward.nodes[loss]["shape"],
+                       op=Seed(shape=forward.nodes[loss]["shape"]), kernel="forward", args=(),
+                       inplace=None, fwd=loss)
     pruned = []
     for node in reversed(list(nx.topological_sort(forward))):
         data = forward.nodes[node]
@@ -69,12 +85,14 @@ def joint_graph(forward: nx.DiGraph, loss: str) -> nx.DiGraph:
                            inplace=known[rule.inplace] if rule.inplace else None,
                            fwd=node, role=role)
             graph.add_edges_from((value, name, {"role": need}) for need, value in needs)
-    for param in params:
-        if readers[param]:
-            _accumulate(graph, param, readers[param])
-            graph.graph["grads"][param] = grad_name(param)
+    for source in sources:
+        if readers[source]:
+            _accumulate(graph, source, readers[source])
+            found = graph.graph["grads" if source in params else "input_grads"]
+            found[source] = grad_name(source)
     graph.graph["pruned"] = tuple(pruned)
-    graph.graph["outputs"] = (loss, *graph.graph["grads"].values())
+    graph.graph["outputs"] = (loss, *graph.graph["grads"].values(),
+                              *graph.graph["input_grads"].values())
     return nx.freeze(graph)
 
 

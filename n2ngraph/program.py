@@ -18,13 +18,13 @@ import attrs
 import networkx as nx
 import torch
 
-from .autodiff import joint_graph
+from .autodiff import grad_name, joint_graph
 from .errors import SpecError
 from .executor import Executable
-from .graph import forward_graph
+from .graph import forward_graph, needed_nodes
 from .init import initial_params
 from .memory import MemoryPlan, plan_memory
-from .optim import SGD
+from .optim import ClipGradNorm, make_optimizer
 from .schedule import Schedule, schedule
 from .spec import OptimizerSpec, Spec
 
@@ -35,7 +35,7 @@ Shape = tuple[int, ...]
 class Compiled:
     """Every stage of one compilation, kept for inspection (tools/visualize, tests)."""
 
-    kind: str  # 'train' or 'infer'
+    kind: str  # 'train', 'infer' or 'vjp' (a module's backward, see Program.vjp)
     graph: nx.DiGraph
     schedule: Schedule
     plan: MemoryPlan
@@ -44,14 +44,16 @@ class Compiled:
 
 def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu",
             dtype: torch.dtype = torch.float32, seed: int | None = None,
-            init: str | None = None, optimizer: OptimizerSpec | None = None) -> "Program":
+            init: str | None = None, optimizer: OptimizerSpec | None = None,
+            clip_grad_norm: float | None = None) -> "Program":
     """Compiles ``spec`` for inputs of ``input_shape`` (N, C, H, W).
 
     ``input_shape`` is the shape of the first input; other inputs (the target) share its
     batch and spatial size with their own channel count. Defaults come from the spec's
-    training recipe: batch and crop size, init, seed and optimizer.
+    training recipe: batch and crop size, init, seed, optimizer and gradient clipping.
     """
-    program = Program(spec, device=device, dtype=dtype, seed=seed, init=init, optimizer=optimizer)
+    program = Program(spec, device=device, dtype=dtype, seed=seed, init=init, optimizer=optimizer,
+                      clip_grad_norm=clip_grad_norm)
     if input_shape is None:
         first = spec.inputs[0]
         input_shape = (spec.train.batch, first.channels, spec.train.crop, spec.train.crop)
@@ -62,7 +64,12 @@ def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu
 class Program:
     def __init__(self, spec: Spec, *, device="cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, init: str | None = None,
-                 optimizer: OptimizerSpec | None = None):
+                 optimizer: OptimizerSpec | None = None,
+                 params: Mapping[str, torch.Tensor] | None = None,
+                 clip_grad_norm: float | None = None):
+        """``params``, when given, are adopted as the parameters, not copied: the
+        program reads (and its optimizer updates) those very tensors, so an in-place
+        edit by their owner is seen by the next run (the ``compat`` modules rely on it)."""
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.spec = spec
@@ -72,8 +79,12 @@ class Program:
         self.params = initial_params(spec, init or recipe.init,
                                      recipe.seed if seed is None else seed,
                                      dtype=dtype, device=self.device)
+        if params is not None:
+            self._adopt(params)
         self.grads = {k: torch.empty_like(p) for k, p in self.params.items()}
-        self.optimizer = SGD(self.params, self.grads, optimizer or recipe.optimizer)
+        self.optimizer = make_optimizer(self.params, self.grads, optimizer or recipe.optimizer)
+        max_norm = recipe.clip_grad_norm if clip_grad_norm is None else clip_grad_norm
+        self.clip = ClipGradNorm(self.grads, max_norm) if max_norm else None
         self._cache: dict[tuple, Compiled] = {}
 
     # ---- compilation -----------------------------------------------------------
@@ -94,7 +105,14 @@ class Program:
 
     def _compile(self, kind: str, shapes: Mapping[str, Shape]) -> Compiled:
         spec = self.spec
-        if kind == "train":
+        if kind == "vjp":
+            first = spec.inputs[0].name
+            graph = joint_graph(forward_graph(spec, shapes, [spec.output]), spec.output,
+                                seed_input=True, wrt_inputs=(first,))
+            grads = graph.graph["grads"]
+            external = {**self.params, **{grads[p]: self.grads[p] for p in grads}}
+            pinned = [spec.output, *graph.graph["input_grads"].values()]
+        elif kind == "train":
             if spec.loss is None:
                 raise SpecError("the spec has no 'loss', so it cannot be trained",
                                 file=spec.file, field="loss")
@@ -141,6 +159,8 @@ class Program:
         Inputs are given in the spec's input order (``x, target`` for noise2noise).
         """
         loss = self._run_training_graph(inputs)
+        if self.clip is not None:
+            self.clip()
         self.optimizer.step()
         return loss
 
@@ -163,11 +183,49 @@ class Program:
 
     __call__ = forward
 
+    def vjp(self, inputs: Sequence[torch.Tensor], grad_output: torch.Tensor) -> torch.Tensor | None:
+        """A module's backward: runs the spec's ``output`` on ``inputs`` (those it reads, in
+        spec order), then reverse mode seeded with ``grad_output`` (d objective / d output,
+        any shape the output has). Parameter gradients land in ``self.grads`` (overwritten,
+        as in a training step); returns d objective / d first input, in a new tensor, or
+        None when that input does not reach the output."""
+        needed = needed_nodes(self.spec, [self.spec.output])
+        names = [n for n in self.spec.input_names if n in needed]
+        bound = self._bind_inputs(inputs, names)
+        first = self.spec.inputs[0].name
+        shapes = {k: v for k, v in self.input_shapes(inputs[0].shape).items() if k in needed}
+        compiled = self.compiled("vjp", shapes)
+        out_shape = compiled.graph.nodes[self.spec.output]["shape"]
+        if tuple(grad_output.shape) != tuple(out_shape):
+            raise ValueError(f"the output gradient has shape {tuple(grad_output.shape)}, "
+                             f"the output has shape {tuple(out_shape)}")
+        executable = compiled.executable
+        executable.run({**bound, grad_name(self.spec.output): grad_output})
+        found = compiled.graph.graph["input_grads"].get(first)
+        return None if found is None else executable.values[found].clone()
+
     # ---- parameters ------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters by torch.nn name (``conv1.weight``), in network order. Like
         torch.nn, the tensors are the live parameters: clone them to keep a snapshot."""
         return dict(self.params)
+
+    def _adopt(self, params: Mapping[str, torch.Tensor]) -> None:
+        expected = self.params
+        missing = [k for k in expected if k not in params]
+        unexpected = [k for k in params if k not in expected]
+        if missing or unexpected:
+            raise KeyError(f"parameters do not match spec '{self.spec.name}': "
+                           f"missing {missing}, unexpected {unexpected}")
+        for name, t in params.items():
+            if tuple(t.shape) != tuple(expected[name].shape):
+                raise ValueError(f"'{name}': shape {tuple(t.shape)}, spec '{self.spec.name}' "
+                                 f"needs {tuple(expected[name].shape)}")
+            here = torch.empty(0, device=self.device).device  # 'cuda' -> 'cuda:0'
+            if t.dtype != self.dtype or t.device != here or not t.is_contiguous():
+                raise ValueError(f"'{name}': a contiguous {self.dtype} tensor on {self.device} "
+                                 f"is needed, got {t.dtype} on {t.device}")
+        self.params = {k: params[k] for k in expected}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         missing = [k for k in self.params if k not in state]
