@@ -1,7 +1,8 @@
 """Checkpoints: safetensors files keyed by torch.nn names, written atomically.
 
 A checkpoint holds the parameters (``conv1.weight``...), optionally the optimizer state
-(``optimizer.momentum.conv1.weight``...), and in its metadata the spec text and the
+(``optimizer.momentum.conv1.weight``, ``optimizer.exp_avg.conv1.weight``...: the
+optimizer's buffers by kind and parameter), and in its metadata the spec text and the
 training state needed to resume (JSON). safetensors cannot execute code on load, and a
 temp file + rename means a crash never leaves a half-written checkpoint behind.
 """
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .fileio import write_atomic
 
-MOMENTUM = "optimizer.momentum."
+OPTIMIZER = "optimizer."
 
 
 class CheckpointError(Exception):
@@ -25,17 +26,20 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(path: Path, params: dict[str, torch.Tensor], *, spec_text: str,
-                    state: dict | None = None, momentum: dict[str, torch.Tensor] | None = None) -> None:
+                    state: dict | None = None,
+                    optimizer: dict[str, torch.Tensor] | None = None) -> None:
+    """``optimizer``: the optimizer's buffers (``state_dict()["tensors"]``), if any."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
-    for k, v in (momentum or {}).items():
-        tensors[MOMENTUM + k] = v.detach().to("cpu").contiguous()
+    for k, v in (optimizer or {}).items():
+        tensors[OPTIMIZER + k] = v.detach().to("cpu").contiguous()
     metadata = {"format": "n2ngraph-checkpoint-1", "spec": spec_text,
                 "state": json.dumps(state or {})}
     write_atomic(path, lambda temp: save_file(tensors, temp, metadata=metadata))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict, str]:
-    """(params, momentum, training state, spec text) from a checkpoint file."""
+    """(params, optimizer buffers, training state, spec text) from a checkpoint file;
+    the buffers are keyed like ``momentum.conv1.weight``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -49,9 +53,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     if metadata.get("format") != "n2ngraph-checkpoint-1":
         raise CheckpointError(f"{path}: not an n2ngraph checkpoint (no n2ngraph metadata)")
-    params = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
-    momentum = {k[len(MOMENTUM):]: v for k, v in tensors.items() if k.startswith(MOMENTUM)}
-    return params, momentum, json.loads(metadata.get("state", "{}")), metadata.get("spec", "")
+    params = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER)}
+    buffers = {k[len(OPTIMIZER):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER)}
+    return params, buffers, json.loads(metadata.get("state", "{}")), metadata.get("spec", "")
 
 
 def check_params_fit(path, params: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],

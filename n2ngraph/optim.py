@@ -1,21 +1,69 @@
-"""Optimizers: update rules applied in place to the Program's parameters.
+"""Optimizers, gradient clipping and learning-rate schedules.
 
-Each reproduces the arithmetic of PyTorch's optimizer of the same name, operation for
-operation (same ops, same order), so a parity test can ask for agreement to the last
-few ulps; each allocates its state once, up front.
+Each optimizer reproduces the arithmetic of PyTorch's optimizer of the same name (its
+single-tensor path), operation for operation (same ops, same order), so a parity test
+can ask for agreement to the last few ulps; each allocates its state once, up front.
+Their common interface, which the training loop and checkpoints use:
+
+    step()            one update from the current gradients
+    lr                the learning rate of the next step (a schedule sets it)
+    steps             updates done so far
+    state_dict()      {"steps": n, "tensors": {"exp_avg.conv1.weight": ..., ...}} (copies)
+    load_state_dict() the inverse
+
+A learning rate is a pure function of the step index (``learning_rate``), so a resumed
+run recomputes it and no scheduler state is saved.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
 
 from .ops import scalar
-from .spec import OptimizerSpec
+from .spec import OptimizerSpec, ScheduleSpec
+
+Tensors = Mapping[str, torch.Tensor]
 
 
-class SGD:
+class _Optimizer:
+    """State shared by the optimizers: parameters, gradients, buffers by kind."""
+
+    def __init__(self, params: Tensors, grads: Tensors, config: OptimizerSpec):
+        self.config = config
+        self.params, self.grads = params, grads
+        self.lr = config.lr
+        self.steps = 0
+        self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # kind -> param name -> tensor
+
+    def _buffer(self, kind: str, zero: bool = False) -> dict[str, torch.Tensor]:
+        make = torch.zeros_like if zero else torch.empty_like
+        self.buffers[kind] = {k: make(p) for k, p in self.params.items()}
+        return self.buffers[kind]
+
+    def state_dict(self) -> dict:
+        tensors = {f"{kind}.{name}": t.clone() for kind, by_name in self.buffers.items()
+                   for name, t in by_name.items()}
+        return {"steps": self.steps, "tensors": tensors}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores ``steps`` and every buffer; after a first step, a missing buffer is
+        an error (continuing Adam without its moments would silently train differently)."""
+        steps, tensors = int(state["steps"]), state.get("tensors", {})
+        for kind, by_name in self.buffers.items():
+            for name, t in by_name.items():
+                key = f"{kind}.{name}"
+                if key in tensors:
+                    t.copy_(tensors[key])
+                elif steps > 0:
+                    raise KeyError(f"optimizer state has no '{key}' ({type(self).__name__} "
+                                   f"after {steps} steps needs it)")
+        self.steps = steps
+
+
+class SGD(_Optimizer):
     """PyTorch's SGD: weight decay, momentum with dampening, Nesterov.
 
         g = grad + weight_decay * p
@@ -25,14 +73,11 @@ class SGD:
         p = p - lr * g
     """
 
-    def __init__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
-                 config: OptimizerSpec):
+    def __init__(self, params: Tensors, grads: Tensors, config: OptimizerSpec):
         if config.nesterov and (config.momentum <= 0 or config.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        self.config = config
-        self.params, self.grads = params, grads
-        self.steps = 0
-        self.momentum = {k: torch.empty_like(p) for k, p in params.items()} if config.momentum else {}
+        super().__init__(params, grads, config)
+        self.momentum = self._buffer("momentum") if config.momentum else {}
         needs_scratch = config.weight_decay or config.nesterov
         self.scratch = {k: torch.empty_like(p) for k, p in params.items()} if needs_scratch else {}
 
@@ -52,13 +97,115 @@ class SGD:
                     g = torch.add(g, buf, alpha=c.momentum, out=self.scratch[name])
                 else:
                     g = buf
-            param.add_(g, alpha=-c.lr)
+            param.add_(g, alpha=-self.lr)
         self.steps += 1
 
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "momentum": {k: v.clone() for k, v in self.momentum.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        for name, value in state.get("momentum", {}).items():
-            self.momentum[name].copy_(value)
+class Adam(_Optimizer):
+    """PyTorch's Adam (``weight_decay`` is L2 added to the gradient, not AdamW):
+
+        g = grad + weight_decay * p
+        m = lerp(m, g, 1 - beta1);   v = beta2 v + (1 - beta2) g*g
+        v_max = max(v_max, v)        (amsgrad; v_max replaces v below)
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    The bias corrections change every step; they live in 0-dim tensors refilled in place
+    so a step allocates nothing.
+    """
+
+    def __init__(self, params: Tensors, grads: Tensors, config: OptimizerSpec):
+        super().__init__(params, grads, config)
+        self.exp_avg = self._buffer("exp_avg", zero=True)
+        self.exp_avg_sq = self._buffer("exp_avg_sq", zero=True)
+        self.max_exp_avg_sq = self._buffer("max_exp_avg_sq", zero=True) if config.amsgrad else {}
+        self.denom = {k: torch.empty_like(p) for k, p in params.items()}
+        self.scratch = {k: torch.empty_like(p) for k, p in params.items()} \
+            if config.weight_decay else {}
+        self.correction = {k: torch.empty((), dtype=p.dtype, device=p.device)
+                           for k, p in params.items()}
+
+    def step(self) -> None:
+        c = self.config
+        beta1, beta2 = c.betas
+        t = float(self.steps + 1)  # torch keeps the step as a float tensor, read with .item()
+        step_size = self.lr / (1 - beta1 ** t)
+        correction2_sqrt = (1 - beta2 ** t) ** 0.5
+        for name, param in self.params.items():
+            g = self.grads[name]
+            if c.weight_decay:
+                g = torch.add(g, param, alpha=c.weight_decay, out=self.scratch[name])
+            m, v, denom = self.exp_avg[name], self.exp_avg_sq[name], self.denom[name]
+            m.lerp_(g, 1 - beta1)
+            v.mul_(scalar(beta2, v)).addcmul_(g, g, value=1 - beta2)
+            if c.amsgrad:
+                v = torch.maximum(self.max_exp_avg_sq[name], v, out=self.max_exp_avg_sq[name])
+            torch.sqrt(v, out=denom)
+            denom.div_(self.correction[name].fill_(correction2_sqrt)).add_(scalar(c.eps, denom))
+            param.addcdiv_(m, denom, value=-step_size)
+        self.steps += 1
+
+
+def make_optimizer(params: Tensors, grads: Tensors, config: OptimizerSpec) -> _Optimizer:
+    """The optimizer the recipe names."""
+    kinds = {"sgd": SGD, "adam": Adam}
+    if config.name not in kinds:
+        raise ValueError(f"unknown optimizer {config.name!r} (known: {', '.join(kinds)})")
+    return kinds[config.name](params, grads, config)
+
+
+class ClipGradNorm:
+    """``torch.nn.utils.clip_grad_norm_``: scales all gradients together so that their
+    global L2 norm is at most ``max_norm``, with torch's formula and op order:
+
+        total = || (||g_1||, ||g_2||, ...) ||
+        g_i *= min(max_norm / (total + 1e-6), 1)      (always multiplied, like torch)
+    """
+
+    def __init__(self, grads: Tensors, max_norm: float):
+        self.grads, self.max_norm = grads, float(max_norm)
+        first = next(iter(grads.values()))
+        self.norms = torch.empty(len(grads), dtype=first.dtype, device=first.device)
+        self.total = torch.empty((), dtype=first.dtype, device=first.device)
+        self.coef = torch.empty((), dtype=first.dtype, device=first.device)
+
+    def __call__(self) -> torch.Tensor:
+        """Clips in place; returns the norm before clipping (a 0-dim tensor, reused)."""
+        for i, g in enumerate(self.grads.values()):
+            torch.linalg.vector_norm(g, out=self.norms[i])
+        torch.linalg.vector_norm(self.norms, out=self.total)
+        coef = torch.add(self.total, scalar(1e-6, self.total), out=self.coef)
+        coef.reciprocal_().mul_(scalar(self.max_norm, coef)).clamp_(max=1.0)  # torch's __rdiv__
+        for g in self.grads.values():
+            g.mul_(coef)
+        return self.total
+
+
+def learning_rate(schedule: ScheduleSpec, base: float, step: int, steps_per_epoch: int,
+                  total_steps: int) -> float:
+    """The learning rate of update number ``step`` (0-based) of a run of ``total_steps``
+    updates, ``steps_per_epoch`` to an epoch, starting from ``base``.
+
+    step and cosine give the values of torch's StepLR (stepped once per epoch) and
+    CosineAnnealingLR (stepped once per update, T_max = total_steps); rampdown is
+    ``compute_ramped_down_lrate`` of the Noise2Noise code (NVlabs/noise2noise train.py),
+    whose cosine factor is squared, with a linear ramp-up in front when asked for.
+    """
+    name = schedule.name
+    if name == "constant":
+        return base
+    if name == "step":
+        return base * schedule.gamma ** ((step // steps_per_epoch) // schedule.step_size)
+    if name == "cosine":
+        return schedule.eta_min + (base - schedule.eta_min) * (
+            1 + math.cos(math.pi * step / total_steps)) / 2
+    if name == "rampdown":
+        lr = base
+        rampup_steps = schedule.rampup_fraction * total_steps
+        if step < rampup_steps:
+            lr *= (step + 1) / rampup_steps
+        start = total_steps * (1 - schedule.rampdown_fraction)
+        if step >= start:
+            t = ((step - start) / schedule.rampdown_fraction) / total_steps
+            lr *= (0.5 + math.cos(t * math.pi) / 2) ** 2
+        return lr
+    raise ValueError(f"unknown learning-rate schedule {name!r}")

@@ -99,14 +99,54 @@ class NodeSpec:
     line: int | None = None
 
 
+# Which settings each optimizer and each learning-rate schedule reads (besides `name`);
+# a setting of another one is an error, not silently ignored.
+OPTIMIZERS = {
+    "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
+    "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+}
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}  # torch.optim's defaults
+SCHEDULES = {
+    "constant": (),
+    "step": ("step_size", "gamma"),
+    "cosine": ("eta_min",),
+    "rampdown": ("rampdown_fraction", "rampup_fraction"),
+}
+
+
 @attrs.frozen
 class OptimizerSpec:
+    """An optimizer and its settings; those of the other optimizer keep their defaults."""
+
     name: str = "sgd"
-    lr: float = 0.01
+    lr: float = attrs.field(default=attrs.Factory(lambda self: DEFAULT_LR.get(self.name, 0.01),
+                                                  takes_self=True))
     momentum: float = 0.0
     dampening: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple)
+    eps: float = 1e-8
+    amsgrad: bool = False
+
+
+@attrs.frozen
+class ScheduleSpec:
+    """How the learning rate moves over a run (optim.learning_rate computes it).
+
+    step:     lr * gamma ** (epoch // step_size)          -- step_size counts epochs
+    cosine:   eta_min + (lr - eta_min) (1 + cos(pi s / S)) / 2 over all S steps
+    rampdown: the Noise2Noise paper's: constant, then a squared-cosine ramp to 0 over the
+              last rampdown_fraction of the steps; optional linear ramp-up over the first
+              rampup_fraction
+    """
+
+    name: str = "constant"
+    step_size: int = 1
+    gamma: float = 0.1
+    eta_min: float = 0.0
+    rampdown_fraction: float = 0.3
+    rampup_fraction: float = 0.0
 
 
 @attrs.frozen
@@ -114,6 +154,9 @@ class TrainSpec:
     """The training recipe a spec carries; command-line options override it."""
 
     optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    clip_grad_norm: float | None = None  # rescale gradients whose global L2 norm exceeds it
+    augment: bool = False  # random flips and 90-degree rotations of each training pair
     init: str = "uniform"
     batch: int = 4
     epochs: int = 5
@@ -146,7 +189,6 @@ class Spec:
 # ---- loading ---------------------------------------------------------------------
 
 INITS = ("uniform", "xavier", "kaiming")
-OPTIMIZERS = ("sgd",)
 _TOP_KEYS = {"name", "inputs", "nodes", "output", "loss", "train"}
 
 
@@ -328,12 +370,20 @@ def _train(raw, line) -> TrainSpec:
             raise SpecError(f"unknown training setting '{key}' (settings: {', '.join(fields)})",
                             line=where, field=f"train.{key}")
         if key == "optimizer":
-            values[key] = _optimizer(value, where)
+            values[key] = _choice(value, where, OptimizerSpec, OPTIMIZERS, "train.optimizer",
+                                  "{name: sgd, lr: 0.1}")
+        elif key == "schedule":
+            values[key] = _choice(value, where, ScheduleSpec, SCHEDULES, "train.schedule",
+                                  "{name: cosine, eta_min: 0}")
         elif key == "init":
             if value not in INITS:
                 raise SpecError(f"unknown init {value!r} (known: {', '.join(INITS)})",
                                 line=where, field="train.init")
             values[key] = value
+        elif key == "clip_grad_norm":
+            values[key] = _number(value, where, f"train.{key}", low=0, low_open=True)
+        elif key == "augment":
+            values[key] = _flag(value, where, f"train.{key}")
         else:
             minimum = 0 if key == "seed" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -343,27 +393,68 @@ def _train(raw, line) -> TrainSpec:
     return TrainSpec(**values)
 
 
-def _optimizer(raw, line) -> OptimizerSpec:
+# (low, high, high excluded) for settings whose range is narrower than "a number >= 0"
+_RANGES = {"eps": (0, None, False), "gamma": (0, 1, False), "rampdown_fraction": (0, 1, False),
+           "rampup_fraction": (0, 1, True)}
+
+
+def _choice(raw, line, cls, settings_of: dict[str, tuple[str, ...]], field: str, example: str):
+    """An optimizer or schedule: ``{name: ..., setting: value}``, where each name reads
+    only its own settings (``settings_of[name]``)."""
+    what = field.split(".")[-1]
     if not isinstance(raw, dict):
-        raise SpecError("expected a mapping like {name: sgd, lr: 0.1}", line=line,
-                        field="train.optimizer")
-    fields = {f.name: f for f in attrs.fields(OptimizerSpec)}
-    values: dict[str, Any] = {}
+        raise SpecError(f"expected a mapping like {example}", line=line, field=field)
+    name = raw.get("name", attrs.fields_dict(cls)["name"].default)
+    if name not in settings_of:
+        raise SpecError(f"unknown {what} {name!r} (known: {', '.join(settings_of)})",
+                        line=_line(raw, "name"), field=f"{field}.name")
+    defaults = {f.name: f.default for f in attrs.fields(cls)}
+    values: dict[str, Any] = {"name": name}
     for key, value in raw.items():
-        where = _line(raw, key)
-        field = f"train.optimizer.{key}"
-        if key not in fields:
-            raise SpecError(f"unknown optimizer setting '{key}' (settings: {', '.join(fields)})",
-                            line=where, field=field)
-        kind = type(fields[key].default)
+        where, setting = _line(raw, key), f"{field}.{key}"
         if key == "name":
-            if value not in OPTIMIZERS:
-                raise SpecError(f"unknown optimizer {value!r} (known: {', '.join(OPTIMIZERS)})",
-                                line=where, field=field)
-        elif kind is bool:
-            if not isinstance(value, bool):
-                raise SpecError(f"expected true or false, got {value!r}", line=where, field=field)
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise SpecError(f"expected a number >= 0, got {value!r}", line=where, field=field)
-        values[key] = float(value) if kind is float else value
-    return OptimizerSpec(**values)
+            continue
+        if key not in settings_of[name]:
+            known = ", ".join(("name",) + settings_of[name])
+            raise SpecError(f"unknown {name} setting '{key}' ({name} settings: {known})",
+                            line=where, field=setting)
+        default = defaults[key]
+        if isinstance(default, bool):
+            values[key] = _flag(value, where, setting)
+        elif key == "betas":
+            if not (isinstance(value, list) and len(value) == 2
+                    and all(_is_number(b) and 0 <= b < 1 for b in value)):
+                raise SpecError(f"expected two numbers in [0, 1) like [0.9, 0.999], got {value!r}",
+                                line=where, field=setting)
+            values[key] = tuple(float(b) for b in value)
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"expected an integer >= 1, got {value!r}", line=where,
+                                field=setting)
+            values[key] = value
+        else:
+            low, high, high_open = _RANGES.get(key, (0, None, False))
+            values[key] = _number(value, where, setting, low=low, high=high, high_open=high_open)
+    return cls(**values)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _number(value, line, field, *, low=0, high=None, low_open=False, high_open=False) -> float:
+    ok = _is_number(value) and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        wanted = f"a number in {lo}{low}, {high}{hi}" if high is not None \
+            else f"a number {'>' if low_open else '>='} {low}"
+        raise SpecError(f"expected {wanted}, got {value!r}", line=line, field=field)
+    return float(value)
+
+
+def _flag(value, line, field) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"expected true or false, got {value!r}", line=line, field=field)
+    return value

@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from . import data as datasets
-from .checkpoint import check_params_fit, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
 from .fileio import write_atomic
 from .metrics import psnr
 from .spec import Spec
@@ -144,17 +144,22 @@ class Run:
         write_atomic(self.dir / "spec.yaml", lambda t: Path(t).write_text(self.spec_text))
 
     def save(self, name: str) -> None:
+        optimizer = self.model.optimizer.state_dict()
         state = {"epoch": self.epoch, "step": self.step, "best": self.best,
-                 "running": list(self.running), "optimizer_steps": self.model.optimizer.steps}
+                 "running": list(self.running), "optimizer_steps": optimizer["steps"]}
         save_checkpoint(self.dir / name, self.model.state_dict(), spec_text=self.spec_text,
-                        state=state, momentum=self.model.optimizer.momentum)
+                        state=state, optimizer=optimizer["tensors"])
 
     def restore(self) -> None:
         path = self.dir / "last.safetensors"
-        params, momentum, state, _ = load_checkpoint(path)
+        params, buffers, state, _ = load_checkpoint(path)
         check_params_fit(path, params, self.model.state_dict(), self.spec.name)
         self.model.load_state_dict(params)
-        self.model.optimizer.load_state_dict({"steps": state["optimizer_steps"], "momentum": momentum})
+        try:
+            self.model.optimizer.load_state_dict({"steps": state["optimizer_steps"],
+                                                  "tensors": buffers})
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}") from None
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = state["best"]
         self.running = tuple(state["running"])
