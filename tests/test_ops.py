@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import attrs
@@ -23,6 +24,7 @@ from n2ngraph.ops import OPS, VJP, Accumulate, Seed
 from n2ngraph.ops.activations import Relu, Sigmoid
 from n2ngraph.ops.arithmetic import Add
 from n2ngraph.ops.conv2d import Conv2d
+from n2ngraph.ops.conv_transpose import ConvTranspose2d
 from n2ngraph.ops.losses import MSE
 from n2ngraph.ops.upsample import UpsampleNearest
 from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
@@ -37,6 +39,11 @@ HYPOTHESIS = settings(max_examples=30, deadline=None)
 
 def conv_oracle(op, x, weight, bias=None):
     return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding, dilation=op.dilation)
+
+
+def conv_transpose_oracle(op, x, weight, bias=None):
+    return F.conv_transpose2d(x, weight, bias, stride=op.stride, padding=op.padding,
+                              output_padding=op.output_padding, dilation=op.dilation)
 
 
 def upsample_oracle(op, x):
@@ -85,6 +92,15 @@ CASES = [
     Case("conv2d-k3-stride3-pad2", Conv2d(1, 2, 3, stride=3, padding=2), {"x": (2, 1, 5, 7)},
          conv_oracle),
     Case("conv2d-k1", Conv2d(3, 2, 1), {"x": (1, 3, 4, 3)}, conv_oracle),
+    Case("convT-k3-stride2-pad1-outpad1", ConvTranspose2d(2, 3, 3, stride=2, padding=1,
+         output_padding=1), {"x": (2, 2, 4, 3)}, conv_transpose_oracle),
+    Case("convT-k2-stride2-nobias", ConvTranspose2d(3, 2, 2, stride=2, bias=False),
+         {"x": (1, 3, 3, 4)}, conv_transpose_oracle),
+    Case("convT-k3-dil2-pad2", ConvTranspose2d(2, 2, 3, padding=2, dilation=2),
+         {"x": (2, 2, 4, 5)}, conv_transpose_oracle),
+    # output_padding >= stride (allowed below the dilation): trailing rows only the bias reaches
+    Case("convT-k2-dil3-outpad2", ConvTranspose2d(1, 2, 2, dilation=3, output_padding=2),
+         {"x": (2, 1, 3, 2)}, conv_transpose_oracle),
     Case("upsample-x1", UpsampleNearest(1), {"x": (1, 2, 3, 2)}, upsample_oracle, exact=True),
     Case("upsample-x2", UpsampleNearest(2), {"x": (2, 3, 3, 4)}, upsample_oracle, exact=True),
     Case("upsample-x3", UpsampleNearest(3), {"x": (1, 2, 2, 3)}, upsample_oracle, exact=True),
@@ -277,6 +293,62 @@ def test_upsample_drawn_forward_and_vjp_match_torch(scale, n, c, h, w, seed):
     torch.testing.assert_close(run_vjp(op, "x", {"x": x}, gout), expected, **F64)
 
 
+@st.composite
+def conv_transpose_configs(draw):
+    """Attributes (not yet an op: some are refused) and an input shape."""
+    attributes = dict(in_channels=draw(st.integers(1, 3)), out_channels=draw(st.integers(1, 3)),
+                      kernel=draw(st.integers(1, 4)), stride=draw(st.integers(1, 3)),
+                      padding=draw(st.integers(0, 3)), output_padding=draw(st.integers(0, 2)),
+                      dilation=draw(st.integers(1, 3)), bias=draw(st.booleans()))
+    x = (draw(st.integers(1, 2)), attributes["in_channels"], draw(st.integers(1, 6)),
+         draw(st.integers(1, 6)))
+    return attributes, x
+
+
+@HYPOTHESIS
+@given(conv_transpose_configs())
+def test_conv_transpose2d_refuses_exactly_what_torch_refuses(config):
+    """The op is refused on 'output_padding', or infer on 'padding', exactly where torch
+    refuses the configuration; otherwise infer gives torch's output shape."""
+    attributes, x_shape = config
+    k = attributes["kernel"]
+    weight = torch.zeros(attributes["in_channels"], attributes["out_channels"], k, k)
+    try:
+        expected = conv_transpose_oracle(SimpleNamespace(**attributes), torch.zeros(x_shape),
+                                         weight).shape
+    except RuntimeError:
+        expected = None
+    try:
+        op = ConvTranspose2d(**attributes)
+    except ng.SpecError as e:
+        assert e.field == "output_padding" and expected is None
+        return
+    shape, error = _infer_or_error(op, x_shape)
+    if error is not None:
+        assert error.field == "padding" and expected is None
+    else:
+        assert tuple(shape) == tuple(expected)
+
+
+@HYPOTHESIS
+@given(conv_transpose_configs(), st.integers(0, 2**31 - 1))
+def test_conv_transpose2d_drawn_forward_and_vjps_match_autograd(config, seed):
+    attributes, x_shape = config
+    assume(attributes["output_padding"] < max(attributes["stride"], attributes["dilation"]))
+    op = ConvTranspose2d(**attributes)
+    shape, error = _infer_or_error(op, x_shape)
+    assume(error is None)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {role: torch.randn(s, dtype=torch.float64, generator=gen)
+               for role, s in {"x": x_shape, **op.params()}.items()}
+    gout = torch.randn(shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(run_forward(op, tensors), conv_transpose_oracle(op, **tensors), **F64)
+    expected = oracle_grads(op, conv_transpose_oracle, tensors, gout, list(tensors))
+    for role in tensors:
+        torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64,
+                                   msg=lambda m, role=role: f"{op} grad {role}: {m}")
+
+
 # ---- 5. in place ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", FORWARD_INPLACE)
@@ -351,6 +423,9 @@ BAD_ATTRIBUTES = [
     (Conv2d, {**CONV, "in_channels": 0}, "in_channels"),
     (Conv2d, {**CONV, "in_channels": True}, "in_channels"),
     (Conv2d, {**CONV, "out_channels": None}, "out_channels"),
+    (ConvTranspose2d, {**CONV, "output_padding": -1}, "output_padding"),
+    (ConvTranspose2d, {**CONV, "stride": 2, "output_padding": 2}, "output_padding"),
+    (ConvTranspose2d, {**CONV, "kernel": 0}, "kernel"),
     (UpsampleNearest, {"scale": 0}, "scale"),
     (UpsampleNearest, {"scale": 2.0}, "scale"),
     (UpsampleNearest, {"scale": False}, "scale"),
