@@ -92,6 +92,15 @@ CASES = [
     Case("conv2d-k3-stride3-pad2", Conv2d(1, 2, 3, stride=3, padding=2), {"x": (2, 1, 5, 7)},
          conv_oracle),
     Case("conv2d-k1", Conv2d(3, 2, 1), {"x": (1, 3, 4, 3)}, conv_oracle),
+    # each side forced, on shapes where auto would pick the other one for some kernel
+    Case("conv2d-k3-pad1-input", Conv2d(3, 2, 3, padding=1, unfold="input"),
+         {"x": (2, 3, 5, 4)}, conv_oracle),
+    Case("conv2d-k3-pad1-output", Conv2d(2, 3, 3, padding=1, unfold="output"),
+         {"x": (2, 2, 5, 4)}, conv_oracle),
+    Case("conv2d-k3-pad2-dil2-output", Conv2d(3, 2, 3, padding=2, dilation=2, unfold="output"),
+         {"x": (1, 3, 6, 5)}, conv_oracle),
+    Case("conv2d-k2-pad3-output", Conv2d(2, 2, 2, padding=3, unfold="output"),
+         {"x": (1, 2, 3, 2)}, conv_oracle),
     Case("convT-k3-stride2-pad1-outpad1", ConvTranspose2d(2, 3, 3, stride=2, padding=1,
          output_padding=1), {"x": (2, 2, 4, 3)}, conv_transpose_oracle),
     Case("convT-k2-stride2-nobias", ConvTranspose2d(3, 2, 2, stride=2, bias=False),
@@ -233,6 +242,8 @@ def conv_configs(draw):
                 kernel=draw(st.integers(1, 4)), stride=draw(st.integers(1, 3)),
                 padding=draw(st.integers(0, 2)), dilation=draw(st.integers(1, 3)),
                 bias=draw(st.booleans()))
+    sides = ["auto", "input"] + (["output"] if op.stride == 1 else [])
+    op = attrs.evolve(op, unfold=draw(st.sampled_from(sides)))
     x = (draw(st.integers(1, 3)), op.in_channels, draw(st.integers(1, 9)), draw(st.integers(1, 9)))
     return op, x
 
@@ -423,6 +434,8 @@ BAD_ATTRIBUTES = [
     (Conv2d, {**CONV, "in_channels": 0}, "in_channels"),
     (Conv2d, {**CONV, "in_channels": True}, "in_channels"),
     (Conv2d, {**CONV, "out_channels": None}, "out_channels"),
+    (Conv2d, {**CONV, "unfold": "sideways"}, "unfold"),
+    (Conv2d, {**CONV, "unfold": 1}, "unfold"),
     (ConvTranspose2d, {**CONV, "output_padding": -1}, "output_padding"),
     (ConvTranspose2d, {**CONV, "stride": 2, "output_padding": 2}, "output_padding"),
     (ConvTranspose2d, {**CONV, "kernel": 0}, "kernel"),
@@ -471,3 +484,20 @@ def test_seed_fills_ones(shape, dtype):
     got = run_forward(op, {}, dtype=dtype)
     assert got.shape == shape and got.dtype == dtype
     assert torch.equal(got, torch.ones(shape, dtype=dtype))
+
+
+def test_conv2d_output_side_needs_stride_1():
+    op = Conv2d(2, 2, 3, stride=2, unfold="output")
+    assert _spec_error(op.infer, x=(1, 2, 8, 8), **op.params()).field == "unfold"
+
+
+def test_conv2d_auto_unfolds_the_side_with_the_wider_gemm():
+    narrowing, widening = Conv2d(24, 3, 3, padding=1), Conv2d(3, 24, 3, padding=1)
+    assert narrowing.side("forward") == "output" and widening.side("forward") == "input"
+    assert narrowing.side("grad_x") == narrowing.side("grad_weight") == "output"
+    assert widening.side("grad_x") == widening.side("grad_weight") == "input"
+    assert Conv2d(8, 8, 3, padding=1).side("grad_weight") == "output"
+    strided = Conv2d(24, 3, 3, stride=2, padding=1)
+    assert {strided.side(k) for k in ("forward", "grad_x", "grad_weight")} == {"input"}
+    forced = Conv2d(24, 3, 3, padding=1, unfold="input")
+    assert forced.side("forward") == forced.side("grad_x") == "input"

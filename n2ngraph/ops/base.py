@@ -91,10 +91,11 @@ _KINDS: dict[type, tuple[tuple[type, ...], str]] = {
     int: ((int,), "an integer"),
     float: ((int, float), "a number"),
     bool: ((bool,), "true or false"),
+    str: ((str,), "a name"),
 }
 
 
-def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, doc: str = ""):
+def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, doc: str = ""):
     """An op attribute that checks its own type and range.
 
     Every op is built through this, from a spec or from Python, so a bad value always
@@ -109,6 +110,8 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, doc: str = "")
         if minimum is not None and value < minimum:
             bound = "positive" if minimum == 1 and kind is int else f">= {minimum}"
             raise SpecError(f"must be {bound}, got {value!r}", field=field.name)
+        if choices is not None and value not in choices:
+            raise SpecError(f"must be one of {', '.join(choices)}, got {value!r}", field=field.name)
 
     return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
 
