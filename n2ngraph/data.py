@@ -38,7 +38,7 @@ from .fileio import atomic_path
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
     "load_photo", "load_folder", "save_photo", "Noise", "parse_noise", "random_crops",
-    "training_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
+    "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
 ]
 
 Tensor = torch.Tensor
@@ -343,13 +343,15 @@ def _crops_of(photo: Tensor, crop: int, where: Tensor) -> Tensor:
 
 
 def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Noise | str,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                   generator: torch.Generator, augment: bool = False) -> tuple[Tensor, Tensor]:
     """``(a, b)``: ``count`` random clean crops, each noised twice, independently.
 
     The Noise2Noise pair: input and target are two noisy views of one clean patch, so
     the expected target is the clean patch and an L2 loss learns to denoise. Both uint8
     ``(count, 3, crop, crop)``. The clean crops are the ones ``random_crops`` draws
-    first from the same generator state. ``noise`` may be a string for parse_noise."""
+    first from the same generator state. ``noise`` may be a string for parse_noise.
+    ``augment`` then turns each pair by ``augment_pairs``, drawing from the generator
+    after everything else, so the pairs without it are unchanged."""
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     clean = random_crops(photos, count, crop, generator)
     a, b = torch.empty_like(clean), torch.empty_like(clean)
@@ -357,7 +359,41 @@ def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
         part = slice(start, start + _CHUNK)
         a[part] = noise.apply(clean[part], generator)
         b[part] = noise.apply(clean[part], generator)
+    if augment:
+        return augment_pairs(a, b, generator)
     return a, b
+
+
+def augment_pairs(a: Tensor, b: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Each pair mirrored and turned by one of the 8 symmetries of the square, drawn
+    uniformly from ``generator``, the same one for both images so the pair still shows one
+    patch. Photos have no preferred orientation up to these, so the network sees eight
+    times the variety for free. Non-square images only get the 4 flips (no transpose),
+    which keep their shape. New tensors; ``a`` and ``b`` are left alone."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"expected two (N, C, H, W) batches of one shape, got "
+                         f"{_describe(a)} and {_describe(b)}")
+    kinds = 8 if a.shape[-1] == a.shape[-2] else 4
+    which = torch.randint(kinds, (len(a),), generator=generator)
+    out_a, out_b = torch.empty_like(a), torch.empty_like(b)
+    for k in range(kinds):
+        rows = (which == k).nonzero().squeeze(1)
+        out_a.index_copy_(0, rows, _symmetry(a.index_select(0, rows), k))
+        out_b.index_copy_(0, rows, _symmetry(b.index_select(0, rows), k))
+    return out_a, out_b
+
+
+def _symmetry(x: Tensor, k: int) -> Tensor:
+    """Symmetry ``k`` of the square (0..7): ``k & 4`` transposes, ``k & 1`` flips
+    left-right, ``k & 2`` flips top-bottom; the 8 combinations are the 4 rotations by 90
+    degrees, each with and without a mirror."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x
 
 
 def validation_set(photos: dict[str, Tensor], count: int, crop: int, noise: Noise | str,

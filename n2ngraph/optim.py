@@ -154,7 +154,7 @@ def make_optimizer(params: Tensors, grads: Tensors, config: OptimizerSpec) -> _O
 
 
 class ClipGradNorm:
-    """``torch.nn.utils.clip_grad_norm_``: scales all gradients together so that their
+    """PyTorch's ``clip_grad_norm_``: scales all gradients together so that their
     global L2 norm is at most ``max_norm``, with torch's formula and op order:
 
         total = || (||g_1||, ||g_2||, ...) ||

@@ -19,13 +19,14 @@ import torch
 from . import SpecError, compile, load_spec, parse_spec
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
-from .spec import OptimizerSpec, Spec
+from .spec import OPTIMIZERS, SCHEDULES, OptimizerSpec, Spec
 
 EXAMPLES = """\
 examples:
   python -m n2ngraph.run specs/noise2noise.yaml --train                 the seed's recipe
   python -m n2ngraph.run specs/noise2noise.yaml --train --epochs 1 --pairs 5000 --run runs/quick
   python -m n2ngraph.run --resume runs/quick                           continue a stopped run
+  python -m n2ngraph.run specs/noise2noise.yaml --train --optimizer adam --schedule rampdown --augment
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick --data photos/ --noise gaussian:25
   python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png b.jpg --weights runs/quick --out clean/
@@ -65,7 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("training (defaults: the spec's train: recipe)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch", type=int)
-    r.add_argument("--lr", type=float)
+    r.add_argument("--lr", type=float, help="learning rate (with --optimizer: its default)")
+    r.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="another optimizer than the spec's, with its default settings")
+    r.add_argument("--schedule", choices=list(SCHEDULES),
+                   help="another learning-rate schedule than the spec's, with its defaults")
+    r.add_argument("--clip-grad-norm", type=float, metavar="X",
+                   help="rescale gradients to global L2 norm <= X (0: no clipping)")
+    r.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="random flips and 90-degree rotations of the training pairs")
+    r.add_argument("--crop", type=int, help="training crop size")
     r.add_argument("--pairs", type=int, help="training pairs per epoch")
     r.add_argument("--seed", type=int)
     r.add_argument("--run", metavar="DIR", help="run directory (default runs/<spec>-<time>)")
@@ -112,7 +122,7 @@ def _config(spec: Spec, args, **extra):
     from .data import parse_noise
     from .train import TrainConfig
 
-    for name in ("epochs", "batch", "pairs", "val_count"):
+    for name in ("epochs", "batch", "pairs", "val_count", "crop"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -122,6 +132,8 @@ def _config(spec: Spec, args, **extra):
         raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
     if args.lr is not None and args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.clip_grad_norm is not None and not args.clip_grad_norm >= 0:
+        raise UsageError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
     try:
         parse_noise(args.noise)
     except ValueError as e:
@@ -130,18 +142,17 @@ def _config(spec: Spec, args, **extra):
         raise UsageError(f"--data {args.data}: no such file or folder")
     values = dict(epochs=args.epochs, batch=args.batch, lr=args.lr, pairs=args.pairs,
                   seed=args.seed, noise=args.noise, data=args.data, val_count=args.val_count,
-                  device=_device(args.device))
+                  device=_device(args.device), optimizer=args.optimizer, schedule=args.schedule,
+                  clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop)
     values.update(extra)
     return TrainConfig.from_spec(spec, **values)
 
 
 def _model(spec: Spec, config, dtype):
-    import attrs
-
-    optimizer = attrs.evolve(spec.train.optimizer, lr=config.lr)
     shape = (config.batch, spec.inputs[0].channels, config.crop, config.crop)
     return compile(spec, shape, device=config.device, dtype=dtype, seed=config.seed,
-                   optimizer=optimizer)
+                   optimizer=config.optimizer_spec(spec),
+                   clip_grad_norm=config.clip_grad_norm or 0.0)
 
 
 def _weights_file(path: str) -> Path:
@@ -191,7 +202,7 @@ def do_train(args) -> int:
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.create()
     print(f"training {spec.name} into {directory}: {config.epochs} epochs, batch {config.batch}, "
-          f"lr {config.lr}; {data.description}")
+          f"{config.optimizer} lr {config.lr}, {config.schedule} schedule; {data.description}")
     if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
         _finish_run(run, data, config, dtype)
     return 0

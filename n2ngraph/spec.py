@@ -24,6 +24,7 @@ load time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 (PyYAML) reads 1e-3 as a string, as it wants a dot in a float; learning rates
+# are written that way, so exponent floats without a dot are floats here, as in YAML 1.2.
+_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
 
 
 def _line(mapping: Any, key: str | None = None) -> int | None:

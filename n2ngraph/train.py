@@ -30,7 +30,8 @@ from . import data as datasets
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
 from .fileio import write_atomic
 from .metrics import psnr
-from .spec import Spec
+from .optim import learning_rate
+from .spec import OptimizerSpec, ScheduleSpec, Spec
 
 
 @attrs.frozen
@@ -47,14 +48,34 @@ class TrainConfig:
     data: str | None = None
     val_count: int = 1000
     device: str = "cpu"
+    optimizer: str = "sgd"  # its settings are the spec's, or the defaults if it names another
+    schedule: str = "constant"  # likewise
+    clip_grad_norm: float | None = None
+    augment: bool = False
 
     @classmethod
     def from_spec(cls, spec: Spec, **overrides) -> "TrainConfig":
         r = spec.train
         base = dict(epochs=r.epochs, batch=r.batch, lr=r.optimizer.lr, pairs=r.pairs,
-                    seed=r.seed, crop=r.crop)
-        base.update({k: v for k, v in overrides.items() if v is not None})
+                    seed=r.seed, crop=r.crop, optimizer=r.optimizer.name,
+                    schedule=r.schedule.name, clip_grad_norm=r.clip_grad_norm,
+                    augment=r.augment)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides.get("optimizer", r.optimizer.name) != r.optimizer.name:
+            base["lr"] = OptimizerSpec(name=overrides["optimizer"]).lr  # not SGD's lr for Adam
+        base.update(overrides)
         return cls(**base)
+
+    def optimizer_spec(self, spec: Spec) -> OptimizerSpec:
+        """The spec's optimizer at this run's lr; another one, named by an override,
+        with its defaults."""
+        r = spec.train.optimizer
+        return attrs.evolve(r if r.name == self.optimizer else OptimizerSpec(name=self.optimizer),
+                            lr=self.lr)
+
+    def schedule_spec(self, spec: Spec) -> ScheduleSpec:
+        r = spec.train.schedule
+        return r if r.name == self.schedule else ScheduleSpec(name=self.schedule)
 
 
 @attrs.frozen
@@ -84,8 +105,14 @@ def prepare_data(config: TrainConfig) -> Data:
             val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
                                                            noise, config.seed)
         count = min(config.pairs, a.shape[0])
-        return Data(lambda epoch: (a[:count], b[:count]), val_noisy, val_clean,
-                    f"{count} pairs from {source}")
+
+        def fixed_pairs(epoch: int):
+            if not config.augment:
+                return a[:count], b[:count]
+            return datasets.augment_pairs(a[:count], b[:count], epoch_generator(config.seed, epoch))
+
+        return Data(fixed_pairs, val_noisy, val_clean,
+                    f"{count} pairs from {source}{', augmented' if config.augment else ''}")
     if source is None:
         train, val = datasets.embedded_split()
         where = "scikit-image's photos"
@@ -101,11 +128,12 @@ def prepare_data(config: TrainConfig) -> Data:
 
     def make_pairs(epoch: int):
         return datasets.training_pairs(train, config.pairs, config.crop, noise,
-                                       epoch_generator(config.seed, epoch))
+                                       epoch_generator(config.seed, epoch), augment=config.augment)
 
     return Data(make_pairs, val_noisy, val_clean,
                 f"{config.pairs} fresh {config.crop}x{config.crop} pairs per epoch from {where}, "
-                f"noise {noise}; validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
+                f"noise {noise}{', augmented by flips and rotations' if config.augment else ''}; "
+                f"validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
 
 
 def to_float(batch: torch.Tensor, device, dtype) -> torch.Tensor:
@@ -187,6 +215,7 @@ class Run:
         from tqdm import tqdm
 
         c = self.config
+        schedule = c.schedule_spec(self.spec)
         steps_done = 0
         while self.epoch < c.epochs:
             a, b = data.make_pairs(self.epoch)
@@ -200,6 +229,9 @@ class Run:
                 for batch_a, batch_b in stream:
                     x = to_float(batch_a, c.device, self.dtype)
                     t = to_float(batch_b, c.device, self.dtype)
+                    self.model.optimizer.lr = learning_rate(
+                        schedule, c.lr, self.epoch * per_epoch + self.step, per_epoch,
+                        c.epochs * per_epoch)
                     loss = self.model.train_step(x, t)
                     self.step += 1
                     total, count = self.running
@@ -228,7 +260,8 @@ class Run:
                    "val_psnr": f"{output_psnr:.4f}", "input_psnr": f"{input_psnr:.4f}",
                    "seconds": f"{seconds:.1f}", "samples_per_s": f"{throughput:.0f}"}
             self._record(row)
-            self.log(f"epoch {self.epoch + 1}/{c.epochs}: loss {row['train_loss']}, validation "
+            self.log(f"epoch {self.epoch + 1}/{c.epochs}: loss {row['train_loss']}, "
+                     f"lr {self.model.optimizer.lr:.3g}, validation "
                      f"{input_psnr:.2f} dB -> {output_psnr:.2f} dB, {seconds:.0f} s "
                      f"({row['samples_per_s']} samples/s)")
             self.epoch, self.step, self.running = self.epoch + 1, 0, (0.0, 0)

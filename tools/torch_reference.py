@@ -1,5 +1,5 @@
 """The oracle: any n2ngraph spec rebuilt from torch.nn modules, run by torch.autograd
-and torch.optim.SGD. Not part of the product: the tests compare n2ngraph against it,
+and torch.optim (SGD, Adam). Not part of the product: the tests compare n2ngraph against it,
 and it trains through n2ngraph's own loop so results can be compared side by side:
 
     python tools/torch_reference.py specs/noise2noise.yaml --run runs/torch-seed [--epochs ...]
@@ -68,49 +68,79 @@ class TorchNet(nn.Module):
         return self.values(*inputs)[self.spec.loss]
 
 
-class _SGDState:
-    """n2ngraph's optimizer interface (steps, momentum, state dicts) over torch.optim.SGD."""
+# n2ngraph's optimizer buffer names -> torch.optim's per-parameter state keys
+_BUFFERS = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
+            "max_exp_avg_sq": "max_exp_avg_sq"}
+
+
+def torch_optimizer(params, config: OptimizerSpec) -> torch.optim.Optimizer:
+    """torch.optim's optimizer for a recipe (Adam on its single-tensor path, the one
+    n2ngraph reproduces op for op)."""
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.eps,
+                                weight_decay=config.weight_decay, amsgrad=config.amsgrad,
+                                foreach=False)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           dampening=config.dampening, nesterov=config.nesterov,
+                           weight_decay=config.weight_decay)
+
+
+class _TorchOptimizer:
+    """n2ngraph's optimizer interface (steps, lr, state dicts) over torch.optim."""
 
     def __init__(self, net: TorchNet, config: OptimizerSpec):
         self.net = net
-        self.sgd = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                   dampening=config.dampening, nesterov=config.nesterov,
-                                   weight_decay=config.weight_decay)
+        self.torch = torch_optimizer(net.parameters(), config)
         self.steps = 0
 
     @property
-    def momentum(self) -> dict[str, torch.Tensor]:
-        found = {}
+    def lr(self) -> float:
+        return self.torch.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self.torch.param_groups:
+            group["lr"] = value
+
+    def state_dict(self) -> dict:
+        tensors = {}
         for name, p in self.net.named_parameters():
-            buf = self.sgd.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                found[name] = buf
-        return found
+            for ours, theirs in _BUFFERS.items():
+                buf = self.torch.state.get(p, {}).get(theirs)
+                if buf is not None:
+                    tensors[f"{ours}.{name}"] = buf.clone()
+        return {"steps": self.steps, "tensors": tensors}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         for name, p in self.net.named_parameters():
-            if name in state.get("momentum", {}):
-                self.sgd.state[p]["momentum_buffer"] = state["momentum"][name].clone().to(p)
+            for ours, theirs in _BUFFERS.items():
+                if f"{ours}.{name}" in state["tensors"]:
+                    self.torch.state[p][theirs] = state["tensors"][f"{ours}.{name}"].clone().to(p)
+            if self.steps and isinstance(self.torch, torch.optim.Adam):
+                self.torch.state[p]["step"] = torch.tensor(float(self.steps))
 
 
 class TorchModel:
     """The Program interface (train_step, forward, state_dict, optimizer) in torch.nn."""
 
     def __init__(self, spec: Spec, *, optimizer: OptimizerSpec, seed: int, device="cpu",
-                 dtype=torch.float32, init_from=None):
+                 dtype=torch.float32, init_from=None, clip_grad_norm: float | None = None):
         self.spec = spec
         self.device = torch.device(device)
         self.net = TorchNet(spec).to(device=device, dtype=dtype)
         if init_from is not None:
             self.net.load_state_dict(init_from)
-        self.optimizer = _SGDState(self.net, optimizer)
+        self.optimizer = _TorchOptimizer(self.net, optimizer)
+        self.clip_grad_norm = clip_grad_norm
 
     def train_step(self, *inputs: torch.Tensor) -> float:
-        self.optimizer.sgd.zero_grad(set_to_none=True)
+        self.optimizer.torch.zero_grad(set_to_none=True)
         loss = self.net.objective(*inputs)
         loss.backward()
-        self.optimizer.sgd.step()
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
+        self.optimizer.torch.step()
         self.optimizer.steps += 1
         return loss.item()
 
@@ -129,8 +159,6 @@ def main(argv=None) -> int:
     """Trains the torch reference with n2ngraph's loop, data and initial weights."""
     import argparse
 
-    import attrs
-
     import n2ngraph as ng
     from n2ngraph.train import Run, TrainConfig, prepare_data
 
@@ -147,10 +175,10 @@ def main(argv=None) -> int:
     spec = ng.load_spec(args.spec)
     config = TrainConfig.from_spec(spec, epochs=args.epochs, batch=args.batch, pairs=args.pairs,
                                    seed=args.seed, lr=args.lr, noise=args.noise, data=args.data)
-    optimizer = attrs.evolve(spec.train.optimizer, lr=config.lr)
     # the same initial weights as n2ngraph draws for this seed
     init = ng.compile(spec, None, seed=config.seed).state_dict()
-    model = TorchModel(spec, optimizer=optimizer, seed=config.seed, init_from=init)
+    model = TorchModel(spec, optimizer=config.optimizer_spec(spec), seed=config.seed,
+                       init_from=init, clip_grad_norm=config.clip_grad_norm)
     run = Run(Path(args.run), spec, Path(args.spec).read_text(), model, config)
     run.create()
     data = prepare_data(config)
