@@ -1,0 +1,400 @@
+"""The seed's module API (EE-559 mini-project 2), compiled by n2ngraph.
+
+Code written against the course framework runs unchanged::
+
+    from n2ngraph.compat import Conv2d, ReLU, Sigmoid, Upsampling, Sequential, MSE, SGD
+    net = Sequential(Conv2d(3, 24, 3, stride=2, padding=1), ReLU(), ...,
+                     Upsampling(24, 3, 3, padding=1), Sigmoid())
+    criterion, optimizer = MSE(), SGD(net.param(), lr=1.5)
+    loss = criterion.forward(net.forward(noisy), target)
+    # then zero_grad, the net's backward of the criterion's backward, step: README.md,
+    # "The seed's module API" (the purity grep keeps backward calls out of the package)
+
+Nothing is computed here. A module describes itself as spec nodes (``_emit``); using it
+compiles those nodes into a ``Program`` that adopts the module's own ``weight`` and
+``bias`` tensors, so whatever the user or ``SGD`` writes into them is what the program
+reads (a tensor assigned in their place is noticed, and the program rebuilt). ``forward``
+runs the inference plan. ``backward`` runs the 'vjp' plan, which recomputes the forward
+(a module cannot know at forward time that a backward will follow) and then reverse
+mode seeded with the given output gradient; the parameter gradients are *added* to the
+module's ``grad_weight``/``grad_bias``, which accumulate until ``zero_grad`` as in torch.
+A ``Sequential`` compiles as one network, not module by module. ``Model`` is the seed's
+model.py: the seed network with its recipe, trained and run through n2ngraph.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import attrs
+import torch
+
+from .ops import Op
+from .ops.activations import Relu as _ReluOp
+from .ops.activations import Sigmoid as _SigmoidOp
+from .ops.conv2d import Conv2d as _Conv2dOp
+from .ops.conv_transpose import ConvTranspose2d as _ConvTransposeOp
+from .ops.losses import MSE as _MSEOp
+from .ops.upsample import UpsampleNearest as _UpsampleOp
+from .optim import SGD as _SGDUpdate
+from .pretrained import load_pretrained, spec_path
+from .program import Program
+from .spec import InputSpec, NodeSpec, OptimizerSpec, Spec, TrainSpec, load_spec
+
+__all__ = ["Module", "Conv2d", "TransposeConv2d", "NearestUpsampling", "Upsampling", "ReLU",
+           "Sigmoid", "Sequential", "MSE", "SGD", "Model"]
+
+
+class Module:
+    """The seed's interface: ``forward(*inputs)``, ``backward(*grad_outputs)`` (returns the
+    gradient w.r.t. the input), ``param()`` (a list of (parameter, gradient) pairs)."""
+
+    def forward(self, *inputs):
+        raise NotImplementedError
+
+    def backward(self, *grad_outputs):
+        raise NotImplementedError
+
+    def param(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return []
+
+    def zero_grad(self) -> None:
+        for _, grad in self.param():
+            grad.zero_()
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+
+# ---- compiling a module -----------------------------------------------------------------
+
+class _Nodes:
+    """Spec nodes collected for one network, and the module owning each parameter."""
+
+    def __init__(self) -> None:
+        self.nodes: list[NodeSpec] = []
+        self.owners: dict[str, tuple[Module, str]] = {}  # 'net.0.weight' -> (module, 'weight')
+
+    def add(self, name: str, op: Op, source: str, owner: Module | None = None) -> str:
+        self.nodes.append(NodeSpec(name=name, op=op, inputs=(source,)))
+        for role in op.params():
+            self.owners[f"{name}.{role}"] = (owner, role)
+        return name
+
+
+@attrs.define
+class _Build:
+    channels: int
+    spec: Spec
+    owners: dict[str, tuple[Module, str]]
+    program: Program | None = None
+
+
+def _one(tensors: Sequence, what: str) -> torch.Tensor:
+    if len(tensors) != 1 or not isinstance(tensors[0], torch.Tensor):
+        raise TypeError(f"{what} takes one tensor, got {len(tensors)} argument(s)")
+    return tensors[0]
+
+
+def _dtype(tensors: Iterable[torch.Tensor], x: torch.Tensor) -> torch.dtype:
+    """The parameters' dtype, or for a module without any, the input's (if floating)."""
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise ValueError(f"parameters of one network must share a dtype, got {sorted(map(str, dtypes))}")
+    if dtypes:
+        return dtypes.pop()
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class _Compiled(Module):
+    """A module n2ngraph compiles: it only says which spec nodes it is (``_emit``)."""
+
+    _build: _Build | None = None
+    _input: torch.Tensor | None = None
+
+    def _emit(self, nodes: _Nodes, name: str, source: str) -> str:
+        """Adds this module's nodes, reading value ``source``; returns its output value."""
+        raise NotImplementedError
+
+    def _program(self, x: torch.Tensor) -> tuple[Program, _Build]:
+        if x.dim() != 4:
+            raise ValueError(f"expected an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        build = self._build
+        if build is None or build.channels != x.shape[1]:
+            nodes = _Nodes()
+            output = self._emit(nodes, "net", "x")
+            spec = Spec(name=type(self).__name__, inputs=(InputSpec("x", int(x.shape[1])),),
+                        nodes=tuple(nodes.nodes), output=output, loss=None, train=TrainSpec())
+            build = self._build = _Build(int(x.shape[1]), spec, nodes.owners)
+        params = {key: getattr(owner, role) for key, (owner, role) in build.owners.items()}
+        dtype = _dtype(params.values(), x)
+        program = build.program
+        if (program is None or program.dtype != dtype
+                or any(program.params[k] is not t for k, t in params.items())):
+            program = build.program = Program(build.spec, dtype=dtype, params=params)
+        return program, build
+
+    def forward(self, *inputs):
+        x = _one(inputs, "forward")
+        program, _ = self._program(x)
+        self._input = x
+        return program.forward(x)
+
+    def backward(self, *grad_outputs):
+        grad = _one(grad_outputs, "backward")
+        if self._input is None:
+            raise RuntimeError("backward() before forward(): no input to differentiate at")
+        program, build = self._program(self._input)
+        grad_input = program.vjp([self._input], grad)
+        for key, (owner, role) in build.owners.items():
+            getattr(owner, f"grad_{role}").add_(program.grads[key])
+        return grad_input
+
+
+def _square(value, argument: str) -> int:
+    """The seed passes sizes as an int or an (h, w) pair; n2ngraph's ops are square."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{argument}={value!r}: n2ngraph supports square sizes only")
+        value = value[0]
+    return value
+
+
+class _Parametrised(_Compiled):
+    """Owns ``weight`` (and ``bias``) shaped by its op, drawn like torch.nn's default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from torch's global generator, and their
+    gradients ``grad_weight`` (``grad_bias``), zeros of the same shape and dtype."""
+
+    def _make_params(self, op: Op) -> None:
+        bound = op.fans()[0] ** -0.5
+        self.bias = None
+        for role, shape in op.params().items():
+            setattr(self, role, torch.empty(shape).uniform_(-bound, bound))
+
+    def __setattr__(self, name, value):
+        """A tensor assigned as ``weight``/``bias`` that the gradient no longer fits
+        (another shape or dtype: ``conv.weight = w.double()``) gets a fresh gradient."""
+        super().__setattr__(name, value)
+        if name in ("weight", "bias"):
+            grad = getattr(self, f"grad_{name}", None)
+            if value is None:
+                super().__setattr__(f"grad_{name}", None)
+            elif (grad is None or grad.shape != value.shape or grad.dtype != value.dtype
+                  or grad.device != value.device):
+                super().__setattr__(f"grad_{name}", torch.zeros_like(value))
+
+    def param(self):
+        pairs = [(self.weight, self.grad_weight)]
+        if self.bias is not None:
+            pairs.append((self.bias, self.grad_bias))
+        return pairs
+
+
+# ---- the modules ------------------------------------------------------------------------
+
+class Conv2d(_Parametrised):
+    """torch's Conv2d: weight (out, in, kh, kw); ``forward(x)`` is conv2d(x, weight, bias)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True):
+        self.op = _Conv2dOp(in_channels, out_channels, _square(kernel_size, "kernel_size"),
+                            stride=_square(stride, "stride"), padding=_square(padding, "padding"),
+                            dilation=_square(dilation, "dilation"), bias=bias)
+        self._make_params(self.op)
+
+    def _emit(self, nodes, name, source):
+        return nodes.add(name, self.op, source, owner=self)
+
+
+class TransposeConv2d(_Parametrised):
+    """torch's ConvTranspose2d: weight (in, out, kh, kw), with output_padding."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, dilation=1, bias=True):
+        self.op = _ConvTransposeOp(
+            in_channels, out_channels, _square(kernel_size, "kernel_size"),
+            stride=_square(stride, "stride"), padding=_square(padding, "padding"),
+            output_padding=_square(output_padding, "output_padding"),
+            dilation=_square(dilation, "dilation"), bias=bias)
+        self._make_params(self.op)
+
+    def _emit(self, nodes, name, source):
+        return nodes.add(name, self.op, source, owner=self)
+
+
+class NearestUpsampling(_Compiled):
+    """Every pixel repeated ``scale_factor`` times along height and width."""
+
+    def __init__(self, scale_factor=2):
+        self.op = _UpsampleOp(_square(scale_factor, "scale_factor"))
+
+    def _emit(self, nodes, name, source):
+        return nodes.add(name, self.op, source)
+
+
+class Upsampling(Conv2d):
+    """The seed's upsampling layer: nearest upsampling, then a convolution that learns to
+    fill in the detail. Takes Conv2d's arguments (and owns its weight and bias) plus
+    ``scale_factor``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, scale_factor=2):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias)
+        self.upsample = _UpsampleOp(_square(scale_factor, "scale_factor"))
+
+    def _emit(self, nodes, name, source):
+        upsampled = nodes.add(f"{name}.upsample", self.upsample, source)
+        return nodes.add(f"{name}.conv", self.op, upsampled, owner=self)
+
+
+class ReLU(_Compiled):
+    def _emit(self, nodes, name, source):
+        return nodes.add(name, _ReluOp(), source)
+
+
+class Sigmoid(_Compiled):
+    def _emit(self, nodes, name, source):
+        return nodes.add(name, _SigmoidOp(), source)
+
+
+class Sequential(_Compiled):
+    """Modules applied in turn, compiled as one network (the children's own forward and
+    backward are not used); ``param()`` lists the children's pairs in order."""
+
+    def __init__(self, *modules):
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        for i, m in enumerate(modules):
+            if not isinstance(m, _Compiled):
+                raise TypeError(f"module {i} ({type(m).__name__}) is not an n2ngraph.compat "
+                                f"module, so it cannot be compiled into the network")
+        self.modules = list(modules)
+
+    def _emit(self, nodes, name, source):
+        for i, module in enumerate(self.modules):
+            source = module._emit(nodes, f"{name}.{i}", source)
+        return source
+
+    def param(self):
+        return [pair for module in self.modules for pair in module.param()]
+
+
+class MSE(Module):
+    """Mean squared error over every element. ``forward(prediction, target)`` returns the
+    loss (a 0-dim tensor); ``backward()`` returns d loss / d prediction (times the
+    optional output gradient)."""
+
+    def __init__(self):
+        self._programs: dict[tuple, Program] = {}
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _program(self, prediction: torch.Tensor) -> Program:
+        if prediction.dim() != 4:
+            raise ValueError(f"expected (N, C, H, W) tensors, got shape {tuple(prediction.shape)}")
+        dtype = _dtype((), prediction)
+        key = (int(prediction.shape[1]), dtype)
+        if key not in self._programs:
+            channels = key[0]
+            spec = Spec(name="MSE", inputs=(InputSpec("prediction", channels),
+                                            InputSpec("target", channels)),
+                        nodes=(NodeSpec("loss", _MSEOp(), ("prediction", "target")),),
+                        output="loss", loss="loss", train=TrainSpec())
+            self._programs[key] = Program(spec, dtype=dtype)
+        return self._programs[key]
+
+    def forward(self, *inputs):
+        if len(inputs) != 2:
+            raise TypeError(f"MSE.forward takes (prediction, target), got {len(inputs)} argument(s)")
+        prediction, target = inputs
+        program = self._program(prediction)
+        self._inputs = (prediction, target)
+        return torch.tensor(program.loss(prediction, target), dtype=program.dtype)
+
+    def backward(self, *grad_outputs):
+        if self._inputs is None:
+            raise RuntimeError("backward() before forward(): no loss to differentiate")
+        program = self._program(self._inputs[0])
+        seed = grad_outputs[0] if grad_outputs else torch.ones((), dtype=program.dtype)
+        return program.vjp(list(self._inputs), torch.as_tensor(seed, dtype=program.dtype))
+
+
+class SGD:
+    """``SGD(model.param(), lr)``: n2ngraph's SGD (torch's arithmetic, momentum and
+    dampening as the seed had them) over the given (parameter, gradient) pairs."""
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+        self.pairs = list(params)
+        config = OptimizerSpec(name="sgd", lr=float(lr), momentum=float(momentum),
+                               dampening=float(dampening), weight_decay=float(weight_decay),
+                               nesterov=bool(nesterov))
+        params = {str(i): p for i, (p, _) in enumerate(self.pairs)}
+        grads = {str(i): g for i, (_, g) in enumerate(self.pairs)}
+        self._update = _SGDUpdate(params, grads, config)
+
+    def step(self) -> None:
+        self._update.step()
+
+    def zero_grad(self) -> None:
+        for _, grad in self.pairs:
+            grad.zero_()
+
+
+# ---- the seed's model.py ----------------------------------------------------------------
+
+class Model:
+    """The seed network (``noise2noise.yaml``, shipped in the package) with its recipe:
+    SGD, lr 1.5, batches of 4. Images are N x 3 x H x W in 0-255 (uint8 or float)."""
+
+    SPEC = "noise2noise"
+    MULTIPLE = 4  # two stride-2 convolutions: sizes divisible by 4 come back unchanged
+    PREDICT_PIXELS = 2**18  # images per predict step: up to one 512 x 512 image's pixels
+
+    def __init__(self) -> None:
+        self.spec = load_spec(spec_path(self.SPEC))
+        self.program = Program(self.spec)
+        self.epochs_done = 0
+
+    def load_pretrained_model(self) -> None:
+        self.program.load_state_dict(load_pretrained(self.SPEC))
+
+    def train(self, train_input: torch.Tensor, train_target: torch.Tensor, num_epochs: int) -> None:
+        if train_input.shape != train_target.shape:
+            raise ValueError(f"train_input {tuple(train_input.shape)} and train_target "
+                             f"{tuple(train_target.shape)} must have the same shape")
+        batch = self.spec.train.batch
+        for _ in range(num_epochs):
+            gen = torch.Generator().manual_seed(self.spec.train.seed + self.epochs_done)
+            order = torch.randperm(len(train_input), generator=gen)
+            for start in range(0, len(order), batch):
+                index = order[start:start + batch]
+                self.program.train_step(self._unit(train_input[index]),
+                                        self._unit(train_target[index]))
+            self.epochs_done += 1
+
+    def predict(self, test_input: torch.Tensor) -> torch.Tensor:
+        """Denoised images in 0-255 (float), the shape of ``test_input``. Any H x W: the
+        image is edge-padded to a multiple of 4 for the network, then cropped back."""
+        n, c, h, w = test_input.shape
+        m = self.MULTIPLE
+        step = max(1, self.PREDICT_PIXELS // (h * w))
+        result = torch.empty((n, c, h, w), dtype=self.program.dtype)
+        for start in range(0, n, step):
+            padded = _pad_edges(self._unit(test_input[start:start + step]), -h % m, -w % m)
+            result[start:start + step] = self.program.forward(padded)[:, :, :h, :w]
+        return result.mul_(255)
+
+    def _unit(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.program.dtype) / 255  # a new tensor: the caller's stays as is
+
+
+def _pad_edges(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """``x`` extended by repeating its last row ``bottom`` and last column ``right`` times."""
+    if not bottom and not right:
+        return x
+    n, c, h, w = x.shape
+    out = x.new_empty((n, c, h + bottom, w + right))
+    out[:, :, :h, :w] = x
+    out[:, :, h:, :w] = x[:, :, h - 1:, :]
+    out[:, :, :, w:] = out[:, :, :, w - 1:w]
+    return out
