@@ -1,0 +1,248 @@
+"""``tools/bench``: n2ngraph against PyTorch eager and torch.compile, side by side.
+
+    tools/bench [SPEC ...] [--batches 4,64,256] [--image 512] [--rounds 7] [--steps 20]
+                [--threads N] [--device cpu|cuda] [--no-compile] [--no-memory] [--markdown]
+
+What it measures, for each spec (default: ``specs/noise2noise.yaml``):
+
+- **train step** (forward, backward, SGD update, the loss read back as a Python
+  float) at each batch size, on the spec's crop size: n2ngraph's compiled
+  ``Program.train_step``; *eager*, the same network in torch.nn run by autograd and
+  torch.optim (``tools/torch_reference.py``); *compile*, that same step function
+  (zero_grad, forward, backward, optimizer step) under ``torch.compile``.
+- **inference** on one ``--image`` x ``--image`` photo.
+- **memory** at the largest batch: for each contender, in a fresh child process, the
+  peak resident set size the training steps add on top of the process with its data
+  ready; and n2ngraph's planned bytes (activations, gradients and workspaces).
+
+Machines are noisy, so only numbers measured side by side count: every contender runs
+in the same process, on the same tensors, with the same initial weights; the timing
+rounds are interleaved (each round times ``--steps`` steps of every contender, in an
+order that rotates from round to round), and the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import n2ngraph as ng  # noqa: E402
+from torch_reference import TorchModel  # noqa: E402
+
+CONTENDERS = ("n2ngraph", "eager", "compile")
+
+
+# ---- the contenders --------------------------------------------------------------------
+
+def _pair(spec, batch: int, size: int, device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, spec.inputs[0].channels, size, size)
+    clean = torch.rand(shape, generator=gen)
+    noisy = [(clean + 0.1 * torch.randn(shape, generator=gen)).clamp_(0, 1).to(device)
+             for _ in range(2)]
+    return noisy
+
+
+def build(name: str, spec, device) -> object:
+    """A model with ``train_step(x, t) -> float`` and ``forward(x)``, all three
+    starting from the weights n2ngraph draws for the spec's seed."""
+    program = ng.compile(spec, None, device=device)
+    if name == "n2ngraph":
+        return program
+    model = TorchModel(spec, optimizer=spec.train.optimizer, seed=spec.train.seed,
+                       device=device, init_from=program.state_dict())
+    if name == "eager":
+        return model
+    return _Compiled(model)
+
+
+class _Compiled:
+    """The eager step, every part of it handed to torch.compile."""
+
+    def __init__(self, model: TorchModel):
+        self.model = model
+        net, sgd = model.net, model.optimizer.sgd
+
+        def step(x, t):
+            sgd.zero_grad(set_to_none=True)
+            loss = net.objective(x, t)
+            loss.backward()
+            sgd.step()
+            return loss.detach()
+
+        self._step = torch.compile(step)
+        self._forward = torch.compile(net.forward)
+
+    def train_step(self, x, t) -> float:
+        return self._step(x, t).item()
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self._forward(x)
+
+
+# ---- timing ----------------------------------------------------------------------------
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(calls: dict, *, rounds: int, steps: int, device) -> dict[str, float]:
+    """Median seconds per call of each entry, timed in interleaved, rotating rounds."""
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            call = calls[name]
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                call()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def bench_train(spec, batch: int, names, args) -> dict[str, float]:
+    x, t = _pair(spec, batch, spec.train.crop, args.device)
+    models = {n: build(n, spec, args.device) for n in names}
+    calls = {n: (lambda m=m: m.train_step(x, t)) for n, m in models.items()}
+    for call in calls.values():  # warm-up: compiles, plans, caches
+        for _ in range(3):
+            call()
+    per_step = interleaved(calls, rounds=args.rounds, steps=args.steps, device=args.device)
+    return {n: batch / s for n, s in per_step.items()}
+
+
+def bench_inference(spec, size: int, names, args) -> dict[str, float]:
+    (x, _) = _pair(spec, 1, size, args.device)
+    models = {n: build(n, spec, args.device) for n in names}
+    calls = {n: (lambda m=m: m.forward(x)) for n, m in models.items()}
+    with torch.no_grad():
+        for call in calls.values():
+            for _ in range(2):
+                call()
+        per_call = interleaved(calls, rounds=args.rounds, steps=max(args.steps // 4, 2),
+                               device=args.device)
+    return {n: s * 1e3 for n, s in per_call.items()}
+
+
+# ---- memory, one child process per contender ------------------------------------------
+
+def _rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str) -> dict:
+    spec = ng.load_spec(spec_path)
+    x, t = _pair(spec, batch, spec.train.crop, device)
+    # the baseline: a process with torch, the data and one small throwaway step ready
+    ng.compile(spec, (1, spec.inputs[0].channels, 8, 8)).train_step(x[:1, :, :8, :8], t[:1, :, :8, :8])
+    before = _rss_peak_mib()
+    model = build(name, spec, device)
+    for _ in range(steps):
+        model.train_step(x, t)
+    result = {"peak_added_mib": _rss_peak_mib() - before}
+    if name == "n2ngraph":
+        compiled = model.compiled("train", model.input_shapes(x.shape))
+        result["planned_mib"] = compiled.plan.planned_bytes / 2**20
+    return result
+
+
+def bench_memory(spec_path: str, batch: int, names, args) -> dict[str, dict]:
+    found = {}
+    for name in names:
+        command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name,
+                   "--batches", str(batch), "--device", args.device, spec_path]
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory run of {name} failed:\n{done.stderr[-2000:]}")
+        found[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+# ---- the report ------------------------------------------------------------------------
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tools/bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("specs", nargs="*", default=[str(ROOT / "specs" / "noise2noise.yaml")])
+    p.add_argument("--batches", default="4,64,256")
+    p.add_argument("--image", type=int, default=512, help="inference photo size (0: skip)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=20, help="steps per contender per round")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    if args.memory_child:
+        print(json.dumps(memory_child(args.specs[0], args.memory_child, batches[0], 3, args.device)))
+        return 0
+    names = [n for n in CONTENDERS if not (args.no_compile and n == "compile")]
+    print(f"machine: {machine()}, device {args.device}")
+    print(f"median of {args.rounds} interleaved rounds of {args.steps} steps each\n")
+    for spec_path in args.specs:
+        spec = ng.load_spec(spec_path)
+        header = "| workload | " + " | ".join(names) + " | n2ngraph / eager | n2ngraph / compile |"
+        print(f"### {spec.name}: samples/s (train step, {spec.train.crop}x{spec.train.crop}), "
+              f"ms (inference)\n")
+        print(header)
+        print("|" + "---|" * (len(names) + 3))
+        for batch in batches:
+            rate = bench_train(spec, batch, names, args)
+            cells = " | ".join(f"{rate[n]:,.0f}" for n in names)
+            print(f"| train bs {batch} | {cells} | {_ratio(rate['n2ngraph'], rate['eager'])} | "
+                  f"{_ratio(rate['n2ngraph'], rate.get('compile'))} |", flush=True)
+        if args.image:
+            ms = bench_inference(spec, args.image, names, args)
+            cells = " | ".join(f"{ms[n]:.1f} ms" for n in names)
+            print(f"| inference {args.image}x{args.image} | {cells} | "
+                  f"{_ratio(ms['eager'], ms['n2ngraph'])} | "
+                  f"{_ratio(ms['compile'], ms['n2ngraph']) if 'compile' in ms else '-'} |",
+                  flush=True)
+        if not args.no_memory:
+            batch = max(batches)
+            mem = bench_memory(spec_path, batch, names, args)
+            print(f"\nmemory at batch {batch}: peak RSS added by training steps: " +
+                  ", ".join(f"{n} {mem[n]['peak_added_mib']:.1f} MiB" for n in names) +
+                  f"; n2ngraph planned {mem['n2ngraph']['planned_mib']:.1f} MiB")
+        print()
+    return 0
