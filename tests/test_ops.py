@@ -8,6 +8,7 @@ op means adding a row to ``CASES``: its instance, its input shapes and a torch o
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable
@@ -21,11 +22,13 @@ from hypothesis import strategies as st
 
 import n2ngraph as ng
 from n2ngraph.ops import OPS, VJP, Accumulate, Seed
-from n2ngraph.ops.activations import Relu, Sigmoid
+from n2ngraph.ops.activations import LeakyRelu, Relu, Sigmoid, Tanh
 from n2ngraph.ops.arithmetic import Add
 from n2ngraph.ops.conv2d import Conv2d
 from n2ngraph.ops.conv_transpose import ConvTranspose2d
-from n2ngraph.ops.losses import MSE
+from n2ngraph.ops.losses import L1, MSE
+from n2ngraph.ops.pool import AvgPool2d, MaxPool2d
+from n2ngraph.ops.tensor import Concat
 from n2ngraph.ops.upsample import UpsampleNearest
 from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
 
@@ -54,6 +57,19 @@ def sum_oracle(op, **terms):
     return functools.reduce(torch.add, (terms[r] for r in op.inputs))
 
 
+def torch_pool(cls, x, kernel, stride=None, padding=0):
+    pool = {MaxPool2d: F.max_pool2d, AvgPool2d: F.avg_pool2d}[cls]
+    return pool(x, kernel, stride, padding)
+
+
+def pool_oracle(op, x):
+    return torch_pool(type(op), x, op.kernel, op.stride, op.padding)
+
+
+def leaky_relu_oracle(op, x):
+    return F.leaky_relu(x, op.negative_slope)
+
+
 # ---- the table ------------------------------------------------------------------------
 
 def randn(shape, dtype, gen):
@@ -68,6 +84,11 @@ def away_from_zero(shape, dtype, gen):
 
 def wide(shape, dtype, gen):
     return (3 * torch.randn(shape, dtype=torch.float64, generator=gen)).to(dtype)
+
+
+def tied(shape, dtype, gen):
+    """Whole numbers 0..2: most pooling windows hold their maximum more than once."""
+    return torch.randint(0, 3, shape, generator=gen).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,28 @@ CASES = [
          exact=True),
     Case("accumulate-3", Accumulate(count=3), {f"t{i}": (3, 5) for i in range(3)}, sum_oracle,
          exact=True),
+    Case("leaky_relu", LeakyRelu(), {"x": (2, 3, 4, 5)}, leaky_relu_oracle, exact=True,
+         draw={"x": away_from_zero}),
+    Case("leaky_relu-0.2", LeakyRelu(0.2), {"x": (2, 3, 4, 5)}, leaky_relu_oracle, exact=True,
+         draw={"x": away_from_zero}),
+    Case("leaky_relu-1.5", LeakyRelu(1.5), {"x": (1, 2, 3, 4)}, leaky_relu_oracle, exact=True,
+         draw={"x": away_from_zero}),
+    Case("tanh", Tanh(), {"x": (2, 3, 4, 5)}, lambda op, x: torch.tanh(x), exact=True,
+         draw={"x": wide}),
+    Case("concat", Concat(), {"a": (2, 3, 4, 5), "b": (2, 2, 4, 5)},
+         lambda op, a, b: torch.cat((a, b), dim=1), exact=True),
+    Case("maxpool2d-k2-odd", MaxPool2d(2), {"x": (2, 3, 6, 5)}, pool_oracle, exact=True),
+    Case("maxpool2d-k3-stride1-pad1", MaxPool2d(3, stride=1, padding=1), {"x": (1, 2, 5, 4)},
+         pool_oracle, exact=True),
+    Case("maxpool2d-k3-stride2", MaxPool2d(3, stride=2), {"x": (2, 2, 7, 6)}, pool_oracle,
+         exact=True),
+    Case("avgpool2d-k2-odd", AvgPool2d(2), {"x": (2, 3, 5, 4)}, pool_oracle, exact=True),
+    Case("avgpool2d-k3-stride2-pad1", AvgPool2d(3, stride=2, padding=1), {"x": (1, 2, 7, 5)},
+         pool_oracle, exact=True),
+    Case("avgpool2d-k2-stride1", AvgPool2d(2, stride=1), {"x": (1, 2, 4, 3)}, pool_oracle,
+         exact=True),
+    Case("l1", L1(), {"prediction": (2, 3, 4, 4), "target": (2, 3, 4, 4)},
+         lambda op, prediction, target: F.l1_loss(prediction, target)),
 ]
 BY_ID = {case.id: case for case in CASES}
 
@@ -211,6 +254,48 @@ def test_relu_gradient_at_zero_follows_pytorch():
     gout = torch.arange(1.0, 9.0, dtype=torch.float64).view(2, 4)
     expected = oracle_grads(Relu(), BY_ID["relu"].oracle, {"x": x}, gout, ["x"])["x"]
     assert torch.equal(run_vjp(Relu(), "x", {"x": x}, gout), expected)
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.2, 0.0, 1.0, 1.5])
+def test_leaky_relu_gradient_at_zero_follows_pytorch(slope):
+    """At x == 0 (either sign) the gradient is the slope, as torch's leaky_relu backward
+    has it; the forward keeps the sign of zero as torch does."""
+    op = LeakyRelu(slope)
+    x = torch.tensor([[-1.0, -0.0, 0.0, 2.0], [0.0, 3.0, -0.0, -2.0]], dtype=torch.float64)
+    gout = torch.arange(1.0, 9.0, dtype=torch.float64).view(2, 4)
+    y = run_forward(op, {"x": x})
+    assert torch.equal(y, leaky_relu_oracle(op, x))
+    assert torch.equal(torch.signbit(y), torch.signbit(leaky_relu_oracle(op, x)))
+    expected = oracle_grads(op, leaky_relu_oracle, {"x": x}, gout, ["x"])["x"]
+    assert torch.equal(run_vjp(op, "x", {"x": x}, gout), expected)
+
+
+def test_l1_gradient_is_zero_where_prediction_equals_target():
+    prediction = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]], dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0, 3.0], [0.0, 1.0, 4.0]], dtype=torch.float64)
+    tensors = {"prediction": prediction, "target": target}
+    gout = torch.tensor(1.5, dtype=torch.float64)
+    expected = oracle_grads(L1(), BY_ID["l1"].oracle, tensors, gout, ["prediction", "target"])
+    for role in ("prediction", "target"):
+        got = run_vjp(L1(), role, tensors, gout)
+        assert torch.equal(got, expected[role])
+        assert torch.equal(got == 0, prediction == target)
+
+
+@pytest.mark.parametrize("low", [1.0, float("-inf")], ids=["ones", "minus-inf"])
+@pytest.mark.parametrize("op", [MaxPool2d(2, stride=1), MaxPool2d(3, stride=2, padding=1),
+                                MaxPool2d(2)], ids=lambda op: op.describe())
+def test_maxpool_ties_go_where_pytorch_sends_them(op, low):
+    """A window holding its maximum several times sends the whole gradient to one cell,
+    the first real one in row-major order, as torch's kernel picks (padding never
+    takes it, even from a window of -inf)."""
+    x = torch.full((1, 1, 5, 6), low, dtype=torch.float64)  # every window is tied
+    x[0, 0, 2:, 3:] = 2.0
+    gout = torch.arange(1.0, 1.0 + math.prod(op.infer(x=x.shape)), dtype=torch.float64)
+    gout = gout.view(op.infer(x=x.shape))
+    expected = oracle_grads(op, pool_oracle, {"x": x}, gout, ["x"])["x"]
+    got = run_vjp(op, "x", {"x": x}, gout)
+    assert torch.equal(got, expected)
 
 
 def test_sigmoid_saturates_without_nan():
@@ -305,6 +390,60 @@ def test_upsample_drawn_forward_and_vjp_match_torch(scale, n, c, h, w, seed):
 
 
 @st.composite
+def pool_configs(draw):
+    """A pool class, its attributes (stride left out half the time) and an input shape;
+    the attributes may be ones torch refuses."""
+    cls = draw(st.sampled_from([MaxPool2d, AvgPool2d]))
+    kwargs = {"kernel": draw(st.integers(1, 4)), "padding": draw(st.integers(0, 2))}
+    stride = draw(st.none() | st.integers(1, 3))
+    if stride is not None:
+        kwargs["stride"] = stride
+    x = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 9)),
+         draw(st.integers(1, 9)))
+    return cls, kwargs, x
+
+
+@HYPOTHESIS
+@given(pool_configs())
+def test_pool_attributes_and_infer_agree_with_torch_on_every_configuration(config):
+    """A pool is refused (SpecError on 'padding' when built, on 'kernel' by infer)
+    exactly where torch refuses it, and otherwise infers torch's output shape."""
+    cls, kwargs, x_shape = config
+    x = torch.zeros(x_shape)
+    try:
+        op = cls(**kwargs)
+        shape, error = _infer_or_error(op, x_shape)
+    except ng.SpecError as e:
+        assert e.field == "padding"
+        shape, error = None, e
+    if error is not None:
+        assert error.field in ("padding", "kernel")
+        with pytest.raises(RuntimeError):
+            torch_pool(cls, x, **kwargs)
+    else:
+        assert tuple(shape) == tuple(torch_pool(cls, x, **kwargs).shape)
+
+
+@HYPOTHESIS
+@given(pool_configs(), st.booleans(), st.integers(0, 2**31 - 1))
+def test_pool_drawn_forward_and_vjp_match_torch(config, ties, seed):
+    """Over drawn kernels, strides, paddings and odd sizes; with ``ties``, on whole
+    numbers 0..2, where max-pool windows hold their maximum several times."""
+    cls, kwargs, x_shape = config
+    assume(kwargs["padding"] <= kwargs["kernel"] // 2)
+    op = cls(**kwargs)
+    shape, error = _infer_or_error(op, x_shape)
+    assume(error is None)
+    gen = torch.Generator().manual_seed(seed)
+    x = (tied if ties else randn)(x_shape, torch.float64, gen)
+    gout = torch.randn(shape, dtype=torch.float64, generator=gen)
+    assert torch.equal(run_forward(op, {"x": x}), pool_oracle(op, x))  # same sums, same order
+    expected = oracle_grads(op, pool_oracle, {"x": x}, gout, ["x"])["x"]
+    torch.testing.assert_close(run_vjp(op, "x", {"x": x}, gout), expected, **F64,
+                               msg=lambda m: f"{op} grad x: {m}")
+
+
+@st.composite
 def conv_transpose_configs(draw):
     """Attributes (not yet an op: some are refused) and an input shape."""
     attributes = dict(in_channels=draw(st.integers(1, 3)), out_channels=draw(st.integers(1, 3)),
@@ -378,8 +517,10 @@ def test_vjp_may_overwrite_its_inplace_need(case, role):
 
 def test_inplace_tables_are_not_empty():
     """Guards the parametrisation above against silently testing nothing."""
-    assert {p.values[0].op.name for p in FORWARD_INPLACE} >= {"relu", "sigmoid", "add", "accumulate"}
-    assert {p.values[0].op.name for p in VJP_INPLACE} >= {"relu", "sigmoid", "add"}
+    assert {p.values[0].op.name for p in FORWARD_INPLACE} >= {"relu", "sigmoid", "add", "accumulate",
+                                                            "leaky_relu", "tanh"}
+    assert {p.values[0].op.name for p in VJP_INPLACE} >= {"relu", "sigmoid", "add", "leaky_relu",
+                                                        "tanh"}
 
 
 # ---- 6. shape and attribute errors ----------------------------------------------------
@@ -403,17 +544,26 @@ def test_conv2d_kernel_larger_than_padded_input():
     assert op.infer(x=(1, 1, 3, 3), **op.params()) == (1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("op", [Conv2d(1, 1, 1), UpsampleNearest(2)], ids=lambda op: op.name)
+@pytest.mark.parametrize("op", [Conv2d(1, 1, 1), UpsampleNearest(2), MaxPool2d(1), AvgPool2d(1),
+                                ], ids=lambda op: op.name)
 @pytest.mark.parametrize("shape", [(1, 1, 4), (1, 1, 4, 4, 1)], ids=["rank3", "rank5"])
 def test_spatial_ops_want_rank_4(op, shape):
     assert _spec_error(op.infer, x=shape, **op.params()).field == "in"
 
 
-@pytest.mark.parametrize("op", [MSE(), Add()], ids=lambda op: op.name)
+@pytest.mark.parametrize("op", [MSE(), Add(), L1()], ids=lambda op: op.name)
 def test_binary_ops_want_equal_shapes(op):
     a, b = op.inputs
     assert _spec_error(op.infer, **{a: (1, 3, 4, 4), b: (1, 3, 4, 5)}).field == "in"
     assert _spec_error(op.infer, **{a: (2, 3), b: (3, 2)}).field == "in"
+
+
+@pytest.mark.parametrize(("a", "b"), [((1, 3, 4, 4), (2, 3, 4, 4)), ((1, 3, 4, 4), (1, 3, 5, 4)),
+                                    ((1, 3, 4, 4), (1, 3, 4, 3)), ((1, 3, 4), (1, 3, 4)),
+                                    ((1, 3, 4, 4), (1, 3, 4, 4, 1))], ids=str)
+def test_concat_wants_equal_batch_height_and_width(a, b):
+    assert _spec_error(Concat().infer, a=a, b=b).field == "in"
+    assert Concat().infer(a=(2, 3, 4, 5), b=(2, 1, 4, 5)) == (2, 4, 4, 5)
 
 
 def test_mse_is_a_scalar():
@@ -442,6 +592,18 @@ BAD_ATTRIBUTES = [
     (UpsampleNearest, {"scale": 0}, "scale"),
     (UpsampleNearest, {"scale": 2.0}, "scale"),
     (UpsampleNearest, {"scale": False}, "scale"),
+    (LeakyRelu, {"negative_slope": -0.1}, "negative_slope"),
+    (LeakyRelu, {"negative_slope": "0.1"}, "negative_slope"),
+    (LeakyRelu, {"negative_slope": True}, "negative_slope"),
+    *((cls, kwargs, field_name) for cls in (MaxPool2d, AvgPool2d) for kwargs, field_name in [
+        ({"kernel": 0}, "kernel"),
+        ({"kernel": 2.0}, "kernel"),
+        ({"kernel": 2, "stride": 0}, "stride"),
+        ({"kernel": 2, "stride": None}, "stride"),
+        ({"kernel": 2, "padding": -1}, "padding"),
+        ({"kernel": 3, "padding": 2}, "padding"),  # torch: at most half the kernel
+        ({"kernel": 1, "padding": 1}, "padding"),
+    ]),
 ]
 
 
@@ -451,6 +613,14 @@ def test_bad_attribute_names_its_field(cls, kwargs, field_name):
     error = _spec_error(cls, **kwargs)
     assert error.field == field_name
     assert f"field '{field_name}'" in str(error)
+
+
+def test_pool_and_leaky_relu_defaults_follow_torch():
+    assert LeakyRelu().negative_slope == 0.01
+    for cls in (MaxPool2d, AvgPool2d):
+        assert (cls(3).stride, cls(3).padding) == (3, 0)  # stride defaults to the kernel
+        assert cls(3, stride=1).stride == 1 and cls(3) == cls(3, stride=3)
+        assert cls(3, padding=1).infer(x=(1, 2, 7, 8)) == (1, 2, 3, 3)
 
 
 def test_good_attributes_and_defaults():

@@ -5,7 +5,7 @@ smallest complete example), decorate it with ``@register``, import the module he
 add it to the op tests' table (``tests/test_ops.py``).
 """
 
-from . import activations, arithmetic, conv2d, conv_transpose, losses, upsample  # noqa: F401  (registers the ops)
+from . import activations, arithmetic, conv2d, conv_transpose, losses, pool, tensor, upsample  # noqa: F401  (registers the ops)
 from .base import OPS, VJP, Op, Shape, register, scalar
 from .gradients import Accumulate, Seed
 
