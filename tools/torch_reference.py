@@ -26,6 +26,11 @@ class _Add(nn.Module):
         return a + b
 
 
+class _Concat(nn.Module):
+    def forward(self, a, b):
+        return torch.cat((a, b), dim=1)
+
+
 def _module(op) -> nn.Module:
     if op.name == "conv2d":
         return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, stride=op.stride,
@@ -44,6 +49,18 @@ def _module(op) -> nn.Module:
         return nn.MSELoss()
     if op.name == "add":
         return _Add()
+    if op.name == "leaky_relu":
+        return nn.LeakyReLU(op.negative_slope)
+    if op.name == "tanh":
+        return nn.Tanh()
+    if op.name == "concat":
+        return _Concat()
+    if op.name == "maxpool2d":
+        return nn.MaxPool2d(op.kernel, stride=op.stride, padding=op.padding)
+    if op.name == "avgpool2d":
+        return nn.AvgPool2d(op.kernel, stride=op.stride, padding=op.padding)
+    if op.name == "l1":
+        return nn.L1Loss()
     raise NotImplementedError(f"no torch.nn counterpart for op {op.name}")
 
 
