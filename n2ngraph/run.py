@@ -33,6 +33,7 @@ examples:
   python -m n2ngraph.run specs/noise2noise.yaml --sweep --lrs 0.1,1,1.5 --batches 4,16 --epochs 1
   python -m n2ngraph.run specs/noise2noise.yaml --export pairs/ --pairs 50000   course-format pkl files
   python -m n2ngraph.run specs/noise2noise.yaml --summary                compiled graph and memory plan
+  python -m n2ngraph.run specs/noise2noise.yaml --profile --batch 64     where the time goes, node by node
 
 data (--data): scikit-image's bundled photos by default (split by image into training
 and validation); a folder of png/jpg photos; or the course's train_data.pkl (two uint8
@@ -63,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--export", metavar="DIR", help="write training and validation pairs as the "
                       "course's train_data.pkl / val_data.pkl")
     mode.add_argument("--summary", action="store_true", help="print the compiled program (default)")
+    mode.add_argument("--profile", action="store_true",
+                      help="--summary, then the time of every node's forward and backward kernels")
     r = p.add_argument_group("training (defaults: the spec's train: recipe)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch", type=int)
@@ -88,10 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--val-count", type=int, default=1000, help="validation crops (default 1000)")
     d.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     d.add_argument("--float64", action="store_true", help="compute in float64")
+    d.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 "
+                   "is often fastest at small batches or on a busy machine)")
     d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one")
     d.add_argument("--out", metavar="DIR", help="where --denoise writes its PNGs")
     d.add_argument("--overwrite", action="store_true", help="let --denoise replace existing files")
-    d.add_argument("--steps", type=int, default=20, help="--summary: steps to time (default 20)")
+    d.add_argument("--steps", type=int, default=20, help="--summary, --profile: steps to time (default 20)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -396,11 +401,43 @@ def do_summary(args) -> int:
     elapsed = time.perf_counter() - start
     print(f"{args.steps} training steps on synthetic pairs: {elapsed / args.steps * 1e3:.2f} ms/step, "
           f"{args.steps * batch / elapsed:,.0f} samples/s, final loss {loss:.5f}")
+    if args.profile:
+        print_profile(compiled, prog, noisy, args.steps)
     return 0
+
+
+def print_profile(compiled, prog, inputs, repeats: int) -> None:
+    """Median time of each node's forward kernel and of the VJP kernels that
+    differentiate it, slowest node first; then the optimizer update."""
+    graph = compiled.graph
+    seconds = compiled.executable.profile(dict(zip(prog.spec.input_names, inputs)), repeats)
+    rows: dict[str, list[float]] = {}
+    for value, t in seconds.items():
+        data = graph.nodes[value]
+        owner = data["fwd"] if data["kind"] in ("op", "vjp") else f"({data['kind']} {data['fwd']})"
+        rows.setdefault(owner, [0.0, 0.0])[0 if data["kind"] == "op" else 1] += t
+    optimizer = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prog.optimizer.step()
+        optimizer.append(time.perf_counter() - start)
+    rows["(optimizer)"] = [0.0, sorted(optimizer)[len(optimizer) // 2]]
+    total = sum(sum(r) for r in rows.values())
+    print(f"\nprofile: median of {repeats} steps, kernel by kernel ({total * 1e3:.2f} ms in all)")
+    print(f"  {'node':<24} {'op':<18} {'forward':>10} {'backward':>10} {'share':>7}")
+    for owner, (fwd, bwd) in sorted(rows.items(), key=lambda kv: -sum(kv[1])):
+        op = graph.nodes[owner]["op"].name if owner in graph else ""
+        print(f"  {owner:<24} {op:<18} {fwd * 1e3:8.3f}ms {bwd * 1e3:8.3f}ms "
+              f"{(fwd + bwd) / total:7.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     modes = [("train", do_train), ("resume", do_resume), ("eval", do_eval),
              ("denoise", do_denoise), ("sweep", do_sweep), ("export", do_export)]
     action = next((fn for name, fn in modes if getattr(args, name)), do_summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -201,3 +202,19 @@ def test_help_documents_every_mode():
                             text=True, cwd=ROOT)
     for mode in ("--train", "--resume", "--eval", "--denoise", "--sweep", "examples:"):
         assert mode in result.stdout
+
+
+def test_profile_times_every_node_forward_and_backward(capsys):
+    assert main([SPEC, "--profile", "--batch", "2", "--steps", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("profile: median of 2 steps", 1)[1].splitlines()
+    rows = {line.split()[0]: line for line in table[2:] if line.strip()}
+    for node in ("conv1", "relu1", "conv2", "up1", "conv3", "up2", "conv4", "denoised", "loss"):
+        assert node in rows, node
+        assert len(re.findall(r"\d\.\d{3}ms", rows[node])) == 2, rows[node]
+    assert "(optimizer)" in rows
+
+
+def test_threads_must_be_positive(capsys):
+    assert main([SPEC, "--summary", "--steps", "0", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
