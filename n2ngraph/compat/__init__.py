@@ -1,0 +1,30 @@
+"""The seed's module API (EE-559 mini-project 2), compiled by n2ngraph.
+
+Code written against the course framework runs unchanged::
+
+    from n2ngraph.compat import Conv2d, ReLU, Sigmoid, Upsampling, Sequential, MSE, SGD
+    net = Sequential(Conv2d(3, 24, 3, stride=2, padding=1), ReLU(), ...,
+                     Upsampling(24, 3, 3, padding=1), Sigmoid())
+    criterion, optimizer = MSE(), SGD(net.param(), lr=1.5)
+    loss = criterion.forward(net.forward(noisy), target)
+    # then zero_grad, the net's backward of the criterion's backward, step: README.md,
+    # "The seed's module API" (the purity grep keeps backward calls out of the package)
+
+Nothing is computed here. A module describes itself as spec nodes (``_emit``); using it
+compiles those nodes into a ``Program`` that adopts the module's own ``weight`` and
+``bias`` tensors, so whatever the user or ``SGD`` writes into them is what the program
+reads (a tensor assigned in their place is noticed, and the program rebuilt). ``forward``
+runs the inference plan. ``backward`` runs the 'vjp' plan, which recomputes the forward
+(a module cannot know at forward time that a backward will follow) and then reverse
+mode seeded with the given output gradient; the parameter gradients are *added* to the
+module's ``grad_weight``/``grad_bias``, which accumulate until ``zero_grad`` as in torch.
+A ``Sequential`` compiles as one network, not module by module. ``Model`` is the seed's
+model.py: the seed network with its recipe, trained and run through n2ngraph.
+"""
+
+from .model import Model
+from .modules import (MSE, SGD, Conv2d, Module, NearestUpsampling, ReLU, Sequential, Sigmoid,
+                      TransposeConv2d, Upsampling)
+
+__all__ = ["Module", "Conv2d", "TransposeConv2d", "NearestUpsampling", "Upsampling", "ReLU",
+           "Sigmoid", "Sequential", "MSE", "SGD", "Model"]
