@@ -28,7 +28,7 @@ from n2ngraph.ops.conv2d import Conv2d
 from n2ngraph.ops.conv_transpose import ConvTranspose2d
 from n2ngraph.ops.losses import L1, MSE
 from n2ngraph.ops.pool import AvgPool2d, MaxPool2d
-from n2ngraph.ops.tensor import Concat
+from n2ngraph.ops.tensor import Concat, Crop, Pad
 from n2ngraph.ops.upsample import UpsampleNearest
 from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
 
@@ -68,6 +68,17 @@ def pool_oracle(op, x):
 
 def leaky_relu_oracle(op, x):
     return F.leaky_relu(x, op.negative_slope)
+
+
+def pad_oracle(op, x):
+    h, w = x.shape[2:]
+    return F.pad(x, (0, -w % op.multiple, 0, -h % op.multiple))
+
+
+def crop_oracle(op, x, like):
+    """``0 * like.sum()`` keeps like in torch's graph, so autograd gives its (zero)
+    gradient instead of refusing an unused input."""
+    return x[:, :, :like.shape[2], :like.shape[3]] + 0 * like.sum()
 
 
 # ---- the table ------------------------------------------------------------------------
@@ -167,6 +178,12 @@ CASES = [
          exact=True),
     Case("l1", L1(), {"prediction": (2, 3, 4, 4), "target": (2, 3, 4, 4)},
          lambda op, prediction, target: F.l1_loss(prediction, target)),
+    Case("pad-4", Pad(4), {"x": (2, 3, 5, 6)}, pad_oracle, exact=True),
+    Case("pad-2-already", Pad(2), {"x": (1, 2, 4, 6)}, pad_oracle, exact=True),
+    Case("pad-3-height-only", Pad(3), {"x": (1, 2, 4, 6)}, pad_oracle, exact=True),
+    Case("crop", Crop(), {"x": (2, 3, 8, 8), "like": (2, 1, 5, 6)}, crop_oracle, exact=True),
+    Case("crop-same-size", Crop(), {"x": (1, 2, 4, 3), "like": (1, 3, 4, 3)}, crop_oracle,
+         exact=True),
 ]
 BY_ID = {case.id: case for case in CASES}
 
@@ -547,7 +564,7 @@ def test_conv2d_kernel_larger_than_padded_input():
 
 
 @pytest.mark.parametrize("op", [Conv2d(1, 1, 1), UpsampleNearest(2), MaxPool2d(1), AvgPool2d(1),
-                                ], ids=lambda op: op.name)
+                                Pad(2)], ids=lambda op: op.name)
 @pytest.mark.parametrize("shape", [(1, 1, 4), (1, 1, 4, 4, 1)], ids=["rank3", "rank5"])
 def test_spatial_ops_want_rank_4(op, shape):
     assert _spec_error(op.infer, x=shape, **op.params()).field == "in"
@@ -566,6 +583,23 @@ def test_binary_ops_want_equal_shapes(op):
 def test_concat_wants_equal_batch_height_and_width(a, b):
     assert _spec_error(Concat().infer, a=a, b=b).field == "in"
     assert Concat().infer(a=(2, 3, 4, 5), b=(2, 1, 4, 5)) == (2, 4, 4, 5)
+
+
+@pytest.mark.parametrize(("x", "like"), [((1, 3, 4, 4), (2, 3, 4, 4)), ((1, 3, 4, 4), (1, 3, 5, 4)),
+                                       ((1, 3, 4, 4), (1, 3, 4, 5)), ((1, 3, 4), (1, 3, 4, 4)),
+                                       ((1, 3, 4, 4), (1, 3, 4))], ids=str)
+def test_crop_wants_a_smaller_like_of_the_same_batch(x, like):
+    assert _spec_error(Crop().infer, x=x, like=like).field == "in"
+
+
+@pytest.mark.parametrize("multiple", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 13])
+def test_pad_then_crop_restores_any_size(multiple, size):
+    x = torch.randn(1, 2, size, size + 1, dtype=torch.float64)
+    padded = run_forward(Pad(multiple), {"x": x})
+    assert padded.shape[2] % multiple == 0 and padded.shape[3] % multiple == 0
+    assert padded.shape[2] - size < multiple and padded.shape[3] - size - 1 < multiple
+    assert torch.equal(run_forward(Crop(), {"x": padded, "like": x}), x)
 
 
 def test_mse_is_a_scalar():
@@ -594,6 +628,8 @@ BAD_ATTRIBUTES = [
     (UpsampleNearest, {"scale": 0}, "scale"),
     (UpsampleNearest, {"scale": 2.0}, "scale"),
     (UpsampleNearest, {"scale": False}, "scale"),
+    (Pad, {"multiple": 0}, "multiple"),
+    (Pad, {"multiple": 2.0}, "multiple"),
     (LeakyRelu, {"negative_slope": -0.1}, "negative_slope"),
     (LeakyRelu, {"negative_slope": "0.1"}, "negative_slope"),
     (LeakyRelu, {"negative_slope": True}, "negative_slope"),

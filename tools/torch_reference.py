@@ -31,6 +31,21 @@ class _Concat(nn.Module):
         return torch.cat((a, b), dim=1)
 
 
+class _Pad(nn.Module):
+    def __init__(self, multiple: int):
+        super().__init__()
+        self.multiple = multiple
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        return nn.functional.pad(x, (0, -w % self.multiple, 0, -h % self.multiple))
+
+
+class _Crop(nn.Module):
+    def forward(self, x, like):
+        return x[:, :, :like.shape[2], :like.shape[3]]
+
+
 def _module(op) -> nn.Module:
     if op.name == "conv2d":
         return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, stride=op.stride,
@@ -61,6 +76,10 @@ def _module(op) -> nn.Module:
         return nn.AvgPool2d(op.kernel, stride=op.stride, padding=op.padding)
     if op.name == "l1":
         return nn.L1Loss()
+    if op.name == "pad":
+        return _Pad(op.multiple)
+    if op.name == "crop":
+        return _Crop()
     raise NotImplementedError(f"no torch.nn counterpart for op {op.name}")
 
 

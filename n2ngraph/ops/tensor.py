@@ -1,12 +1,12 @@
 """Ops that move values around without arithmetic: what a U-Net's skip connections
-are made of."""
+(concat) and its photos of any size (pad, then crop) are made of."""
 
 from __future__ import annotations
 
 import attrs
 
 from ..errors import SpecError
-from .base import VJP, Op, Shape, check_rank, register
+from .base import VJP, Op, Shape, attribute, check_rank, register
 
 
 @register
@@ -44,3 +44,76 @@ class Concat(Op):
 
     def grad_b(self, grad, ws, gout):
         grad.copy_(gout[:, gout.shape[1] - grad.shape[1]:])
+
+
+@register
+@attrs.frozen
+class Pad(Op):
+    """Zeros appended below and to the right, up to the next multiple of ``multiple``
+    in height and width (nothing when already one): torch's functional pad by (0, pw, 0, ph).
+
+    What lets a U-Net that halves the image d times take a photo of any size: pad by
+    2**d in front, ``crop`` back to the input's size at the end. The gradient is the
+    output gradient's top-left block.
+    """
+
+    name = "pad"
+    inputs = ("x",)
+    vjps = {"x": VJP("grad_x", needs=("gout",))}
+
+    multiple: int = attribute(int, minimum=1, doc="height and width become multiples of it")
+
+    def infer(self, x: Shape) -> Shape:
+        check_rank(x, 4, "pad input (N, C, H, W)")
+        n, c, h, w = x
+        m = self.multiple
+        return (n, c, -(-h // m) * m, -(-w // m) * m)
+
+    def forward(self, out, ws, x):
+        h, w = x.shape[2:]
+        out[:, :, :h, :w].copy_(x)
+        out[:, :, h:].zero_()
+        out[:, :, :h, w:].zero_()
+
+    def grad_x(self, grad, ws, gout):
+        h, w = grad.shape[2:]
+        grad.copy_(gout[:, :, :h, :w])
+
+
+@register
+@attrs.frozen
+class Crop(Op):
+    """x cut to the height and width of ``like``, keeping its top-left corner: undoes
+    ``pad`` (``like`` is the unpadded input). ``like`` gives only its shape, so its
+    gradient is zero; x's is the output gradient with zeros where x was cut off.
+    """
+
+    name = "crop"
+    inputs = ("x", "like")
+    vjps = {
+        "x": VJP("grad_x", needs=("gout",)),
+        # reads gout only so that it is scheduled with the rest of the backward pass
+        "like": VJP("grad_like", needs=("gout",)),
+    }
+
+    def infer(self, x: Shape, like: Shape) -> Shape:
+        check_rank(x, 4, "crop input x (N, C, H, W)")
+        check_rank(like, 4, "crop input like (N, C, H, W)")
+        n, c, h, w = x
+        if like[0] != n or like[2] > h or like[3] > w:
+            raise SpecError(f"cannot crop {tuple(x)} to the size of {tuple(like)}: the batch "
+                            f"must agree and like must be no taller or wider", field="in")
+        return (n, c, like[2], like[3])
+
+    def forward(self, out, ws, x, like):
+        h, w = out.shape[2:]
+        out.copy_(x[:, :, :h, :w])
+
+    def grad_x(self, grad, ws, gout):
+        h, w = gout.shape[2:]
+        grad[:, :, :h, :w].copy_(gout)
+        grad[:, :, h:].zero_()
+        grad[:, :, :h, w:].zero_()
+
+    def grad_like(self, grad, ws, gout):
+        grad.zero_()
