@@ -203,6 +203,24 @@ def test_sequential_trained_by_sgd_matches_torch_nn(momentum):
     assert len(net._build.spec.nodes) == 9
 
 
+def test_nested_sequential_with_a_shared_module_sums_its_gradients():
+    """The same Conv2d twice (inside a nested Sequential): two nodes read one tensor, and
+    its gradient is the sum of both uses, as torch has it."""
+    conv = _double(Conv2d(3, 3, 3, padding=1))
+    net = Sequential(conv, Sequential(ReLU(), conv))
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=gen)
+    g = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=gen)
+    x_, w_, b_ = _leaves(x, conv.weight, conv.bias)
+    expected = F.conv2d(torch.relu(F.conv2d(x_, w_, b_, padding=1)), w_, b_, padding=1)
+    torch.testing.assert_close(net.forward(x), expected, **F64)
+    grad_x = net.backward(g)
+    expected.backward(g)
+    torch.testing.assert_close(grad_x, x_.grad, **F64)
+    torch.testing.assert_close(conv.grad_weight, w_.grad, **F64)
+    torch.testing.assert_close(conv.grad_bias, b_.grad, **F64)
+
+
 def test_sequential_compiles_a_plan_per_input_shape():
     net = Sequential(Conv2d(3, 4, 3, padding=1), ReLU())
     for size in (8, 12, 8):
