@@ -9,9 +9,10 @@ A run directory holds everything a run produced and everything needed to continu
     best.safetensors   parameters of the epoch with the best validation PSNR
     *.png              plots (loss and PSNR per epoch, example denoisings)
 
-Every epoch's data and order are derived from (seed, epoch) alone, so resuming from a
-checkpoint that records (epoch, step) regenerates the same batches and continues
-bit-identically: no random-generator state has to be saved.
+Every epoch's data and order are derived from (seed, epoch) alone, and every step's
+learning rate from its index (optim.learning_rate), so resuming from a checkpoint that
+records (epoch, step) and the optimizer's buffers regenerates the same batches and rates
+and continues bit-identically: no random-generator or scheduler state has to be saved.
 """
 
 from __future__ import annotations
