@@ -5,6 +5,7 @@ next; only the executor mutates, and only its own preallocated buffers):
 
     spec.py       YAML -> Spec                    (validated, frozen attrs)
     graph.py      Spec -> forward DAG             (networkx, shapes inferred)
+    rewrite.py    forward DAG -> forward DAG      (cheaper equivalent subgraphs)
     autodiff.py   forward DAG -> joint DAG        (VJP rules from ops/)
     schedule.py   joint DAG -> Schedule           (order + frees)
     memory.py     Schedule -> MemoryPlan          (liveness, reuse, in place)

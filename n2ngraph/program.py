@@ -1,6 +1,7 @@
 """``compile``: runs the passes and wraps the result in a ``Program``.
 
-    spec --graph.forward_graph--> forward DAG --autodiff.joint_graph--> joint DAG
+    spec --graph.forward_graph--> forward DAG --rewrite.rewrite--> forward DAG
+         --autodiff.joint_graph--> joint DAG
          --schedule.schedule--> Schedule --memory.plan_memory--> MemoryPlan
          --executor.Executable--> bound kernels over preallocated buffers
 
@@ -25,6 +26,7 @@ from .graph import forward_graph, needed_nodes
 from .init import initial_params
 from .memory import MemoryPlan, plan_memory
 from .optim import ClipGradNorm, make_optimizer
+from .rewrite import rewrite as rewrite_graph
 from .schedule import Schedule, schedule
 from .spec import OptimizerSpec, Spec
 
@@ -45,15 +47,16 @@ class Compiled:
 def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu",
             dtype: torch.dtype = torch.float32, seed: int | None = None,
             init: str | None = None, optimizer: OptimizerSpec | None = None,
-            clip_grad_norm: float | None = None) -> "Program":
+            clip_grad_norm: float | None = None, rewrite: bool = True) -> "Program":
     """Compiles ``spec`` for inputs of ``input_shape`` (N, C, H, W).
 
     ``input_shape`` is the shape of the first input; other inputs (the target) share its
     batch and spatial size with their own channel count. Defaults come from the spec's
     training recipe: batch and crop size, init, seed, optimizer and gradient clipping.
+    ``rewrite=False`` compiles the graph exactly as the spec writes it (see rewrite.py).
     """
     program = Program(spec, device=device, dtype=dtype, seed=seed, init=init, optimizer=optimizer,
-                      clip_grad_norm=clip_grad_norm)
+                      clip_grad_norm=clip_grad_norm, rewrite=rewrite)
     if input_shape is None:
         first = spec.inputs[0]
         input_shape = (spec.train.batch, first.channels, spec.train.crop, spec.train.crop)
@@ -66,13 +69,14 @@ class Program:
                  seed: int | None = None, init: str | None = None,
                  optimizer: OptimizerSpec | None = None,
                  params: Mapping[str, torch.Tensor] | None = None,
-                 clip_grad_norm: float | None = None):
+                 clip_grad_norm: float | None = None, rewrite: bool = True):
         """``params``, when given, are adopted as the parameters, not copied: the
         program reads (and its optimizer updates) those very tensors, so an in-place
         edit by their owner is seen by the next run (the ``compat`` modules rely on it)."""
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.spec = spec
+        self.rewrite = rewrite
         self.device = torch.device(device)
         self.dtype = dtype
         recipe = spec.train
@@ -107,7 +111,7 @@ class Program:
         spec = self.spec
         if kind == "vjp":
             first = spec.inputs[0].name
-            graph = joint_graph(forward_graph(spec, shapes, [spec.output]), spec.output,
+            graph = joint_graph(self._forward_graph(shapes, spec.output), spec.output,
                                 seed_input=True, wrt_inputs=(first,))
             grads = graph.graph["grads"]
             external = {**self.params, **{grads[p]: self.grads[p] for p in grads}}
@@ -116,12 +120,12 @@ class Program:
             if spec.loss is None:
                 raise SpecError("the spec has no 'loss', so it cannot be trained",
                                 file=spec.file, field="loss")
-            graph = joint_graph(forward_graph(spec, shapes, [spec.loss]), spec.loss)
+            graph = joint_graph(self._forward_graph(shapes, spec.loss), spec.loss)
             grads = graph.graph["grads"]
             external = {**self.params, **{grads[p]: self.grads[p] for p in grads}}
             pinned = [spec.loss]
         else:
-            graph = forward_graph(spec, shapes, [spec.output])
+            graph = self._forward_graph(shapes, spec.output)
             external = dict(self.params)
             pinned = [spec.output]
         sched = schedule(graph)
@@ -129,6 +133,10 @@ class Program:
                            itemsize=torch.empty((), dtype=self.dtype).element_size())
         executable = Executable(graph, sched, plan, external, device=self.device, dtype=self.dtype)
         return Compiled(kind, graph, sched, plan, executable)
+
+    def _forward_graph(self, shapes: Mapping[str, Shape], output: str) -> nx.DiGraph:
+        graph = forward_graph(self.spec, shapes, [output])
+        return rewrite_graph(graph) if self.rewrite else graph
 
     # ---- running ---------------------------------------------------------------
     def _bind_inputs(self, tensors: Sequence[torch.Tensor], names: Sequence[str]) -> dict:

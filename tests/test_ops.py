@@ -30,6 +30,7 @@ from n2ngraph.ops.losses import L1, MSE
 from n2ngraph.ops.pool import AvgPool2d, MaxPool2d
 from n2ngraph.ops.tensor import Concat, Crop, Pad
 from n2ngraph.ops.upsample import UpsampleNearest
+from n2ngraph.ops.upsample_conv import UpsampleConv2d
 from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
 
 F64 = dict(rtol=1e-12, atol=1e-12)
@@ -51,6 +52,10 @@ def conv_transpose_oracle(op, x, weight, bias=None):
 
 def upsample_oracle(op, x):
     return F.interpolate(x, scale_factor=op.scale, mode="nearest")
+
+
+def upsample_conv_oracle(op, x, weight, bias=None):
+    return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
 
 
 def sum_oracle(op, **terms):
@@ -142,6 +147,13 @@ CASES = [
     # output_padding >= stride (allowed below the dilation): trailing rows only the bias reaches
     Case("convT-k2-dil3-outpad2", ConvTranspose2d(1, 2, 2, dilation=3, output_padding=2),
          {"x": (2, 1, 3, 2)}, conv_transpose_oracle),
+    Case("upsample_conv2d", UpsampleConv2d(Conv2d(3, 2, 3, padding=1)), {"x": (2, 3, 3, 4)},
+         upsample_conv_oracle),
+    Case("upsample_conv2d-input-nobias",
+         UpsampleConv2d(Conv2d(2, 3, 3, padding=1, bias=False, unfold="input")),
+         {"x": (1, 2, 2, 3)}, upsample_conv_oracle),
+    Case("upsample_conv2d-output", UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output")),
+         {"x": (2, 2, 3, 1)}, upsample_conv_oracle),
     Case("upsample-x1", UpsampleNearest(1), {"x": (1, 2, 3, 2)}, upsample_oracle, exact=True),
     Case("upsample-x2", UpsampleNearest(2), {"x": (2, 3, 3, 4)}, upsample_oracle, exact=True),
     Case("upsample-x3", UpsampleNearest(3), {"x": (1, 2, 2, 3)}, upsample_oracle, exact=True),
@@ -709,3 +721,10 @@ def test_conv2d_auto_unfolds_the_side_with_the_wider_gemm():
     assert {strided.side(k) for k in ("forward", "grad_x", "grad_weight")} == {"input"}
     forced = Conv2d(24, 3, 3, padding=1, unfold="input")
     assert forced.side("forward") == forced.side("grad_x") == "input"
+
+
+@pytest.mark.parametrize("conv", [Conv2d(2, 2, 5, padding=2), Conv2d(2, 2, 3, padding=1, stride=2),
+                                  Conv2d(2, 2, 3), Conv2d(2, 2, 3, padding=1, dilation=2)],
+                         ids=["k5", "stride2", "pad0", "dil2"])
+def test_upsample_conv2d_fuses_only_the_3x3_same_conv(conv):
+    assert _spec_error(UpsampleConv2d, conv).field == "conv"

@@ -215,15 +215,15 @@ class Conv2d(Op):
     # ---- layout helpers --------------------------------------------------------
     @staticmethod
     def _channel_major(t: torch.Tensor, into: torch.Tensor) -> None:
-        """(N, C, H, W) -> (C, N*H*W), the layout the GEMMs want."""
+        """(N, C, H, W), any strides -> (C, N*H*W), the layout the GEMMs want."""
         n, c, h, w = t.shape
-        into.view(c, n, h * w).copy_(t.view(n, c, h * w).transpose(0, 1))
+        into.view(c, n, h, w).copy_(t.transpose(0, 1))
 
     @staticmethod
     def _from_channel_major(t: torch.Tensor, into: torch.Tensor) -> None:
-        """(C, N*H*W) -> (N, C, H, W)."""
+        """(C, N*H*W) -> (N, C, H, W), any strides."""
         n, c, h, w = into.shape
-        into.view(n, c, h * w).copy_(t.view(c, n, h * w).transpose(0, 1))
+        into.copy_(t.view(c, n, h, w).transpose(0, 1))
 
     def _windows(self, padded: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
         """A strided view (C, k, k, N, Ho, Wo) of every input window; no copy."""

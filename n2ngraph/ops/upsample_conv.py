@@ -1,0 +1,181 @@
+"""upsample_conv2d: nearest upsampling x2 followed by a 3x3 convolution (stride 1,
+padding 1), computed as four 2x2 convolutions on the small map, one per output phase.
+
+The compiler puts this op where a spec has ``upsample_nearest(scale=2)`` feeding a
+``conv2d`` of that shape (``rewrite.fuse_upsample_conv``); specs never name it. Output
+pixel (2i+r, 2j+s) of the convolution over the upsampled map reads upsampled rows
+2i+r-1 .. 2i+r+1, which are small rows i-1, i, i for r = 0 and i, i, i+1 for r = 1:
+only two distinct rows (and columns), so each phase (r, s) is a 2x2 convolution of
+the small map whose taps are sums of the 3x3 taps that read the same small pixel:
+
+    r = 0:  small row i-1 <- tap 0;      small row i   <- taps 1 + 2
+    r = 1:  small row i   <- taps 0 + 1; small row i+1 <- tap 2
+
+That is 4 phases x 4 taps = 16 products per small pixel instead of 4 x 9 = 36, and no
+upsampled tensor at all. The parameters stay the 3x3 ``weight`` of the spec's conv
+node (same names, shapes and gradients as the unfused pair), mapped to and from the
+phase weights by one small matrix product each way: ``TAPS[phase]`` (4 x 9) says
+which 3x3 taps each 2x2 tap sums. Each phase runs conv2d's own kernels (either
+unfolded side) on a strided view of the zero-padded input and of the output.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import torch
+
+from ..errors import SpecError
+from .base import VJP, Op, Shape, check_rank
+from .conv2d import Conv2d
+
+# ROWS[r][alpha]: the 3x3 kernel rows that phase r's 2x2 tap alpha adds up
+ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
+PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _taps_matrix() -> torch.Tensor:
+    """TAPS[phase, (alpha, beta), (a, b)] = 1 where 3x3 tap (a, b) feeds 2x2 tap
+    (alpha, beta) of that phase: shape (4, 4, 9)."""
+    taps = torch.zeros(4, 4, 9, dtype=torch.float64)
+    for p, (r, s) in enumerate(PHASES):
+        for alpha in range(2):
+            for beta in range(2):
+                for a in ROWS[r][alpha]:
+                    for b in ROWS[s][beta]:
+                        taps[p, alpha * 2 + beta, a * 3 + b] = 1
+    return taps
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def taps_matrix(like: torch.Tensor) -> torch.Tensor:
+    key = (like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = _taps_matrix().to(dtype=like.dtype, device=like.device)
+    return _CONSTANTS[key]
+
+
+def fusable(conv: Op) -> bool:
+    return (isinstance(conv, Conv2d) and conv.kernel == 3 and conv.stride == 1
+            and conv.padding == 1 and conv.dilation == 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _phase_conv(conv: Conv2d) -> Conv2d:
+    return Conv2d(conv.in_channels, conv.out_channels, 2, bias=conv.bias, unfold=conv.unfold)
+
+
+def _check_conv(_instance, _field, conv) -> None:
+    if not fusable(conv):
+        raise SpecError(f"upsample_conv2d fuses a 3x3 conv2d with stride 1 and padding 1, "
+                        f"got {conv!r}", field="conv")
+
+
+@attrs.frozen
+class UpsampleConv2d(Op):
+    name = "upsample_conv2d"
+    inputs = ("x",)
+    vjps = {
+        "x": VJP("grad_x", needs=("gout", "weight")),
+        "weight": VJP("grad_weight", needs=("gout", "x")),
+        "bias": VJP("grad_bias", needs=("gout",)),
+    }
+
+    conv: Conv2d = attrs.field(validator=_check_conv)
+
+    def describe(self) -> str:
+        return "upsample x2 + " + self.conv.describe()
+
+    def params(self) -> dict[str, Shape]:
+        return self.conv.params()
+
+    def fans(self) -> tuple[int, int]:
+        return self.conv.fans()
+
+    def infer(self, x: Shape, **params: Shape) -> Shape:
+        check_rank(x, 4, "upsample_conv2d input (N, C, H, W)")
+        n, c, h, w = x
+        big = self.conv.infer(x=(n, c, 2 * h, 2 * w))
+        return big
+
+    # ---- workspaces: the padded input, phase weights, and one phase conv's own ----------
+    def workspace(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
+        if kernel == "grad_bias":
+            return {}
+        n, c, h, w = shapes["x"]
+        o = self.conv.out_channels
+        phase = {"x": (n, c, h + 1, w + 1), "out": (n, o, h, w)}
+        own = {f"phase_{k}": s for k, s in _phase_conv(self.conv).workspace(kernel, phase).items()}
+        padded = (n, c, h + 2, w + 2)
+        weights = (4, o, c, 2, 2)
+        if kernel == "forward":
+            return {"xpad": padded, "w_phase": weights, **own}
+        if kernel == "grad_x":
+            return {"w_phase": weights, "gx_phase": phase["x"], "gxpad": padded, **own}
+        return {"xpad": padded, "gw_phase": weights, "gw_taps": (4, o * c, 9), **own}
+
+    # ---- kernels ---------------------------------------------------------------------
+    def forward(self, out, ws, x, weight, bias=None):
+        conv, own = _phase_conv(self.conv), _own(ws)
+        xpad = self._pad(x, ws["xpad"])
+        w_phase = self._phase_weights(weight, ws["w_phase"])
+        for p, (r, s) in enumerate(PHASES):
+            conv.forward(self._phase_out(out, r, s), own, x=self._phase_in(xpad, r, s),
+                         weight=w_phase[p], bias=bias)
+
+    def grad_x(self, grad, ws, gout, weight):
+        conv, own = _phase_conv(self.conv), _own(ws)
+        w_phase = self._phase_weights(weight, ws["w_phase"])
+        gx_phase, gxpad = ws["gx_phase"], ws["gxpad"]
+        gxpad.zero_()
+        for p, (r, s) in enumerate(PHASES):
+            conv.grad_x(gx_phase, own, gout=self._phase_out(gout, r, s), weight=w_phase[p])
+            self._phase_in(gxpad, r, s).add_(gx_phase)
+        h, w = grad.shape[2:]
+        grad.copy_(gxpad[:, :, 1:h + 1, 1:w + 1])
+
+    def grad_weight(self, grad, ws, gout, x):
+        conv, own = _phase_conv(self.conv), _own(ws)
+        xpad = self._pad(x, ws["xpad"])
+        gw_phase, gw_taps = ws["gw_phase"], ws["gw_taps"]
+        for p, (r, s) in enumerate(PHASES):
+            conv.grad_weight(gw_phase[p], own, gout=self._phase_out(gout, r, s),
+                             x=self._phase_in(xpad, r, s))
+        o, c = self.conv.out_channels, self.conv.in_channels
+        torch.matmul(gw_phase.view(4, o * c, 4), taps_matrix(grad), out=gw_taps)
+        torch.sum(gw_taps, dim=0, out=grad.view(o * c, 9))
+
+    def grad_bias(self, grad, ws, gout):
+        torch.sum(gout, dim=(0, 2, 3), out=grad)
+
+    # ---- views -----------------------------------------------------------------------
+    def _phase_weights(self, weight: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+        """The four phases' 2x2 kernels, (4, O, C, 2, 2), from the 3x3 one."""
+        o, c = self.conv.out_channels, self.conv.in_channels
+        torch.matmul(weight.view(o * c, 9), taps_matrix(weight).transpose(1, 2),
+                     out=into.view(4, o * c, 4))
+        return into
+
+    @staticmethod
+    def _pad(x: torch.Tensor, xpad: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        xpad.zero_()
+        xpad[:, :, 1:h + 1, 1:w + 1].copy_(x)
+        return xpad
+
+    @staticmethod
+    def _phase_in(padded: torch.Tensor, r: int, s: int) -> torch.Tensor:
+        """The (h+1) x (w+1) window of the padded small map that phase (r, s) reads."""
+        h, w = padded.shape[2] - 2, padded.shape[3] - 2
+        return padded[:, :, r:r + h + 1, s:s + w + 1]
+
+    @staticmethod
+    def _phase_out(big: torch.Tensor, r: int, s: int) -> torch.Tensor:
+        return big[:, :, r::2, s::2]
+
+
+def _own(ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("phase_"):]: v for k, v in ws.items() if k.startswith("phase_")}

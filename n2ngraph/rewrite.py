@@ -1,0 +1,60 @@
+"""Pass 2b: forward DAG -> forward DAG with cheaper, equivalent subgraphs.
+
+Rewrites run before differentiation, so the backward program is derived from the
+rewritten ops' own VJP rules and every gradient stays exact. Each rewrite keeps value
+and parameter names (``conv3.weight`` stays ``conv3.weight``), so checkpoints, state
+dicts and optimizer state do not notice, and each is tested to give the same loss and
+gradients as the plain graph (tests/test_rewrite.py).
+
+- ``fuse_upsample_conv``: ``upsample_nearest(scale=2)`` read only by a 3x3 stride-1
+  padding-1 ``conv2d`` becomes one ``upsample_conv2d`` node that reads the small map
+  (four 2x2 phase convolutions: 2.25x fewer multiplies, no upsampled tensor). The
+  phases cost four times the kernel calls, so it pays only on large maps: on the seed
+  net (one thread, CPU time per training step) fusing both pairs took batch 4 from 2.7
+  to 3.7 ms, tied at batch 16 and won from 12.8 to 10.9 ms at 32 and 30.8 to 24.4 ms
+  at 64. Pairs whose upsampled map has fewer than ``min_elements`` values stay apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from .ops.upsample_conv import UpsampleConv2d, fusable
+
+
+FUSE_MIN_ELEMENTS = 2**17
+
+
+def rewrite(graph: nx.DiGraph) -> nx.DiGraph:
+    """Every rewrite, in order."""
+    return fuse_upsample_conv(graph)
+
+
+def fuse_upsample_conv(graph: nx.DiGraph, min_elements: int | None = None) -> nx.DiGraph:
+    min_elements = FUSE_MIN_ELEMENTS if min_elements is None else min_elements
+    fused = nx.DiGraph(graph)
+    done = []
+    for up, data in graph.nodes(data=True):
+        op = data.get("op")
+        if data["kind"] != "op" or op.name != "upsample_nearest" or op.scale != 2:
+            continue
+        if math.prod(data["shape"]) < min_elements:
+            continue
+        readers = list(graph.successors(up))
+        if len(readers) != 1 or up in graph.graph.get("outputs", ()):
+            continue
+        conv = readers[0]
+        conv_data = graph.nodes[conv]
+        if not fusable(conv_data.get("op")) or dict(conv_data["args"]).get("x") != up:
+            continue
+        (source,) = [s for _, s in data["args"]]
+        args = tuple((role, source if value == up else value) for role, value in conv_data["args"])
+        fused.remove_node(up)
+        fused.add_node(conv, **{**conv_data, "op": UpsampleConv2d(conv_data["op"]), "args": args,
+                                "fused": (up, conv)})
+        fused.add_edge(source, conv, role="x")
+        done.append((up, conv))
+    fused.graph["fused"] = tuple(done)
+    return nx.freeze(fused)
