@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import n2ngraph as ng
 from n2ngraph.ops import OPS, VJP, Accumulate, Seed
 from n2ngraph.ops.activations import LeakyRelu, Relu, Sigmoid, Tanh
-from n2ngraph.ops.arithmetic import Add
+from n2ngraph.ops.arithmetic import Add, Sub
 from n2ngraph.ops.conv2d import Conv2d
 from n2ngraph.ops.conv_transpose import ConvTranspose2d
 from n2ngraph.ops.losses import L1, MSE
@@ -164,6 +164,7 @@ CASES = [
     Case("mse", MSE(), {"prediction": (2, 3, 4, 4), "target": (2, 3, 4, 4)},
          lambda op, prediction, target: F.mse_loss(prediction, target)),
     Case("add", Add(), {"a": (2, 3, 4), "b": (2, 3, 4)}, lambda op, a, b: a + b, exact=True),
+    Case("sub", Sub(), {"a": (2, 3, 4, 5), "b": (2, 3, 4, 5)}, lambda op, a, b: a - b, exact=True),
     Case("accumulate-2", Accumulate(count=2), {"t0": (2, 3, 4), "t1": (2, 3, 4)}, sum_oracle,
          exact=True),
     Case("accumulate-3", Accumulate(count=3), {f"t{i}": (3, 5) for i in range(3)}, sum_oracle,

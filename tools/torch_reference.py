@@ -26,6 +26,11 @@ class _Add(nn.Module):
         return a + b
 
 
+class _Sub(nn.Module):
+    def forward(self, a, b):
+        return a - b
+
+
 class _Concat(nn.Module):
     def forward(self, a, b):
         return torch.cat((a, b), dim=1)
@@ -64,6 +69,8 @@ def _module(op) -> nn.Module:
         return nn.MSELoss()
     if op.name == "add":
         return _Add()
+    if op.name == "sub":
+        return _Sub()
     if op.name == "leaky_relu":
         return nn.LeakyReLU(op.negative_slope)
     if op.name == "tanh":

@@ -34,3 +34,33 @@ class Add(Op):
     def grad_term(self, grad, ws, gout):
         if grad.data_ptr() != gout.data_ptr():
             grad.copy_(gout)
+
+
+@register
+@attrs.frozen
+class Sub(Op):
+    """y = a - b: a residual output that removes predicted noise from the input (DnCNN).
+    The output gradient flows unchanged to a and negated to b."""
+
+    name = "sub"
+    inputs = ("a", "b")
+    inplace = "a"
+    vjps = {
+        "a": VJP("grad_term", needs=("gout",), inplace="gout"),
+        "b": VJP("grad_negated", needs=("gout",), inplace="gout"),
+    }
+
+    def infer(self, a: Shape, b: Shape) -> Shape:
+        if tuple(a) != tuple(b):
+            raise SpecError(f"cannot subtract shapes {tuple(a)} and {tuple(b)}", field="in")
+        return a
+
+    def forward(self, out, ws, a, b):
+        torch.sub(a, b, out=out)
+
+    def grad_term(self, grad, ws, gout):
+        if grad.data_ptr() != gout.data_ptr():
+            grad.copy_(gout)
+
+    def grad_negated(self, grad, ws, gout):
+        torch.neg(gout, out=grad)
