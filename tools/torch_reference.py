@@ -214,15 +214,17 @@ def main(argv=None) -> int:
     p.add_argument("--noise", default="gaussian:25")
     p.add_argument("--data")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--float64", action="store_true", help="compute in float64")
     args = p.parse_args(argv)
+    dtype = torch.float64 if args.float64 else torch.float32
     spec = ng.load_spec(args.spec)
     config = TrainConfig.from_spec(spec, epochs=args.epochs, batch=args.batch, pairs=args.pairs,
                                    seed=args.seed, lr=args.lr, noise=args.noise, data=args.data)
     # the same initial weights as n2ngraph draws for this seed
-    init = ng.compile(spec, None, seed=config.seed).state_dict()
+    init = ng.compile(spec, None, seed=config.seed, dtype=dtype).state_dict()
     model = TorchModel(spec, optimizer=config.optimizer_spec(spec), seed=config.seed,
-                       init_from=init, clip_grad_norm=config.clip_grad_norm)
-    run = Run(Path(args.run), spec, Path(args.spec).read_text(), model, config)
+                       init_from=init, clip_grad_norm=config.clip_grad_norm, dtype=dtype)
+    run = Run(Path(args.run), spec, Path(args.spec).read_text(), model, config, dtype=dtype)
     run.create()
     data = prepare_data(config)
     print(f"torch reference: training {spec.name} into {run.dir}; {data.description}")
