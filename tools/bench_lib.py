@@ -167,7 +167,7 @@ def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str)
 def bench_memory(spec_path: str, batch: int, names, args) -> dict[str, dict]:
     found = {}
     for name in names:
-        command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name,
+        command = [sys.executable, str(Path(__file__).resolve().parent / "bench"), "--memory-child", name,
                    "--batches", str(batch), "--device", args.device, spec_path]
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         done = subprocess.run(command, capture_output=True, text=True, env=env)

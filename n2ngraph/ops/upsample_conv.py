@@ -87,7 +87,8 @@ class UpsampleConv2d(Op):
     conv: Conv2d = attrs.field(validator=_check_conv)
 
     def describe(self) -> str:
-        return "upsample x2 + " + self.conv.describe()
+        """'upsample_conv2d' and the attributes of the conv it fused."""
+        return self.name + self.conv.describe()[len(self.conv.name):]
 
     def params(self) -> dict[str, Shape]:
         return self.conv.params()
