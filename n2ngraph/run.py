@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import SpecError, compile, load_spec, parse_spec
+from . import SpecError, compile, load_spec, parse_spec, pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
 from .spec import OPTIMIZERS, SCHEDULES, OptimizerSpec, Spec
@@ -30,6 +30,7 @@ examples:
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick --data photos/ --noise gaussian:25
   python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png b.jpg --weights runs/quick --out clean/
+  python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png --out clean/   with the shipped weights
   python -m n2ngraph.run specs/noise2noise.yaml --sweep --lrs 0.1,1,1.5 --batches 4,16 --epochs 1
   python -m n2ngraph.run specs/noise2noise.yaml --export pairs/ --pairs 50000   course-format pkl files
   python -m n2ngraph.run specs/noise2noise.yaml --summary                compiled graph and memory plan
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--float64", action="store_true", help="compute in float64")
     d.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 "
                    "is often fastest at small batches or on a busy machine)")
-    d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one")
+    d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one "
+                   "(default for --eval, --denoise: the weights shipped for the spec)")
     d.add_argument("--out", metavar="DIR", help="where --denoise writes its PNGs")
     d.add_argument("--overwrite", action="store_true", help="let --denoise replace existing files")
     d.add_argument("--steps", type=int, default=20, help="--summary, --profile: steps to time (default 20)")
@@ -168,9 +170,15 @@ def _weights_file(path: str) -> Path:
 
 
 def _load_weights(spec: Spec, args, dtype):
-    if not args.weights:
-        raise UsageError("--weights FILE|RUNDIR is needed (a checkpoint, or a run directory)")
-    path = _weights_file(args.weights)
+    """--weights, or else the weights shipped with n2ngraph for a spec of that name."""
+    if args.weights:
+        path = _weights_file(args.weights)
+    else:
+        path = pretrained.weights_path(spec.name)
+        if not path.is_file():
+            raise UsageError(f"no weights ship with n2ngraph for spec '{spec.name}': pass "
+                             f"--weights FILE|RUNDIR (a checkpoint, or a run directory)")
+        print(f"weights: {path} (shipped for '{spec.name}')")
     params, _, _, _ = load_checkpoint(path)
     model = compile(spec, None, device=_device(args.device), dtype=dtype)
     check_params_fit(path, params, model.state_dict(), spec.name)
