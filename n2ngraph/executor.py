@@ -8,7 +8,6 @@ look-ups, no allocation.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
@@ -37,10 +36,9 @@ class Executable:
 
     def _bind(self, value: str) -> Callable[[], None]:
         data = self.graph.nodes[value]
-        kernel = getattr(data["op"], data["kernel"])
         scratch = {name: self.values[key] for name, key in self.plan.workspaces[value].items()}
         args = {name: self.values[source] for name, source in data["args"]}
-        return functools.partial(kernel, self.values[value], scratch, **args)
+        return data["op"].prepare(data["kernel"], self.values[value], scratch, **args)
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
         for name in self.inputs:

@@ -17,6 +17,7 @@ carries the rest, side by side, the way a row of PyTorch's ``derivatives.yaml`` 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, ClassVar
 
 import attrs
@@ -62,6 +63,14 @@ class Op:
 
     def forward(self, out: torch.Tensor, ws: dict[str, torch.Tensor], **tensors: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def prepare(self, kernel: str, result: torch.Tensor, ws: dict[str, torch.Tensor], /,
+                **tensors: torch.Tensor) -> Callable[[], None]:
+        """``kernel`` bound to its result, workspaces and arguments, as a call without
+        arguments. The executor prepares every kernel once, at compile time; an op whose
+        kernels slice views or make choices overrides this to do that work here, once,
+        so that each run only launches tensor ops."""
+        return functools.partial(getattr(self, kernel), result, ws, **tensors)
 
     def workspace(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
         """Scratch tensors for ``kernel`` ('forward' or a VJP kernel), given the shapes

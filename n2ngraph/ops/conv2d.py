@@ -34,6 +34,8 @@ NCHW tensors the rest of the graph uses are one strided copy away.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import torch
 
@@ -124,51 +126,82 @@ class Conv2d(Op):
             return {"col": col, "gt": spread, **padded}
         return {"gcol": col, "gt": spread, **padded}
 
-    # ---- kernels ---------------------------------------------------------------
+    # ---- kernels: each one prepared once with its buffers, then only tensor ops ----
+    def prepare(self, kernel, result, ws, /, **tensors):
+        if kernel == "grad_bias":
+            return functools.partial(torch.sum, tensors["gout"], dim=(0, 2, 3), out=result)
+        return getattr(self, f"_{kernel}_{self.side(kernel)}_side")(result, ws, **tensors)
+
     def forward(self, out, ws, x, weight, bias=None):
-        if self.side("forward") == "output":
-            return self._forward_output_side(out, ws, x, weight, bias)
-        col, yt = ws["col"], ws["yt"]
-        self._im2col(x, col, ws.get("xpad"))
-        w2d = weight.view(self.out_channels, -1)
-        if bias is None:
-            torch.mm(w2d, col, out=yt)
-        else:
-            torch.addmm(bias.view(-1, 1), w2d, col, out=yt)
-        self._from_channel_major(yt, out)
+        self.prepare("forward", out, ws, x=x, weight=weight, bias=bias)()
 
     def grad_weight(self, grad, ws, gout, x):
-        if self.side("grad_weight") == "output":
-            gycol, x_t, gw_t = ws["gycol"], ws["x_t"], ws["gw_t"]
-            self._gather_gout(gout, gycol, x.shape)
-            self._channel_major(x, x_t)
-            torch.mm(x_t, gycol.t(), out=gw_t)  # (C, O*k*k)
-            o, c, k = self.out_channels, self.in_channels, self.kernel
-            grad.view(o, c, k * k).copy_(gw_t.view(c, o, k * k).transpose(0, 1))
-            return
-        col, gt = ws["col"], ws["gt"]
-        self._im2col(x, col, ws.get("xpad"))
-        self._channel_major(gout, gt)
-        torch.mm(gt, col.t(), out=grad.view(self.out_channels, -1))
+        self.prepare("grad_weight", grad, ws, gout=gout, x=x)()
 
     def grad_x(self, grad, ws, gout, weight):
-        if self.side("grad_x") == "output":
-            gycol, w_t, gx_t = ws["gycol"], ws["w_t"], ws["gx_t"]
-            self._gather_gout(gout, gycol, grad.shape)
-            o, c, k = self.out_channels, self.in_channels, self.kernel
-            w_t.view(c, o, k * k).copy_(weight.view(o, c, k * k).transpose(0, 1))
-            torch.mm(w_t, gycol, out=gx_t)
-            self._from_channel_major(gx_t, grad)
-            return
-        gcol, gt = ws["gcol"], ws["gt"]
-        self._channel_major(gout, gt)
-        torch.mm(weight.view(self.out_channels, -1).t(), gt, out=gcol)
-        self._col2im(gcol, grad, ws.get("xpad"), gout.shape)
+        self.prepare("grad_x", grad, ws, gout=gout, weight=weight)()
 
     def grad_bias(self, grad, ws, gout):
-        torch.sum(gout, dim=(0, 2, 3), out=grad)
+        self.prepare("grad_bias", grad, ws, gout=gout)()
+
+    # ---- the input side --------------------------------------------------------
+    def _forward_input_side(self, out, ws, x, weight, bias=None):
+        col, yt = ws["col"], ws["yt"]
+        w2d = weight.view(self.out_channels, -1)
+        gemm = (functools.partial(torch.mm, w2d, col, out=yt) if bias is None else
+                functools.partial(torch.addmm, bias.view(-1, 1), w2d, col, out=yt))
+        return _calls(self._im2col(x, col, ws.get("xpad")), gemm,
+                      _from_channel_major(yt, out))
+
+    def _grad_weight_input_side(self, grad, ws, gout, x):
+        col, gt = ws["col"], ws["gt"]
+        return _calls(self._im2col(x, col, ws.get("xpad")), _channel_major(gout, gt),
+                      functools.partial(torch.mm, gt, col.t(),
+                                        out=grad.view(self.out_channels, -1)))
+
+    def _grad_x_input_side(self, grad, ws, gout, weight):
+        gcol, gt = ws["gcol"], ws["gt"]
+        return _calls(_channel_major(gout, gt),
+                      functools.partial(torch.mm, weight.view(self.out_channels, -1).t(), gt,
+                                        out=gcol),
+                      self._col2im(gcol, grad, ws.get("xpad"), gout.shape))
 
     # ---- the output side -------------------------------------------------------
+    def _forward_output_side(self, out, ws, x, weight, bias=None):
+        x_t, w_taps, taps = ws["x_t"], ws["w_taps"], ws["taps"]
+        n, c, h, w = x.shape
+        o, k2 = self.out_channels, self.kernel * self.kernel
+        each = taps.view(k2, o, n, h, w)
+        y = out.transpose(0, 1)  # (O, N, Ho, Wo) view of the NCHW result
+        start = (y.zero_ if bias is None else
+                 functools.partial(y.copy_, bias.view(o, 1, 1, 1).expand_as(y)))
+        shifted_adds = [y[:, :, yr[0]:yr[1], yc[0]:yc[1]].add_
+                        for _, (yr, _), (yc, _) in self._taps(h, w, y.shape[2], y.shape[3]) if yr and yc]
+        sources = [each[tap, :, :, xr[0]:xr[1], xc[0]:xc[1]]
+                   for tap, (yr, xr), (yc, xc) in self._taps(h, w, y.shape[2], y.shape[3]) if yr and yc]
+        return _calls(_channel_major(x, x_t),
+                      functools.partial(w_taps.view(k2, o, c).copy_,
+                                        weight.view(o, c, k2).permute(2, 0, 1)),
+                      functools.partial(torch.mm, w_taps, x_t, out=taps),  # every tap, unshifted
+                      start, *map(functools.partial, shifted_adds, sources))
+
+    def _grad_x_output_side(self, grad, ws, gout, weight):
+        gycol, w_t, gx_t = ws["gycol"], ws["w_t"], ws["gx_t"]
+        o, c, k = self.out_channels, self.in_channels, self.kernel
+        return _calls(self._gather_gout(gout, gycol, grad.shape),
+                      functools.partial(w_t.view(c, o, k * k).copy_,
+                                        weight.view(o, c, k * k).transpose(0, 1)),
+                      functools.partial(torch.mm, w_t, gycol, out=gx_t),
+                      _from_channel_major(gx_t, grad))
+
+    def _grad_weight_output_side(self, grad, ws, gout, x):
+        gycol, x_t, gw_t = ws["gycol"], ws["x_t"], ws["gw_t"]
+        o, c, k = self.out_channels, self.in_channels, self.kernel
+        return _calls(self._gather_gout(gout, gycol, x.shape), _channel_major(x, x_t),
+                      functools.partial(torch.mm, x_t, gycol.t(), out=gw_t),  # (C, O*k*k)
+                      functools.partial(grad.view(o, c, k * k).copy_,
+                                        gw_t.view(c, o, k * k).transpose(0, 1)))
+
     def _taps(self, h: int, w: int, ho: int, wo: int):
         """For each tap (a, b): the output rows and columns it reaches, and the input
         rows and columns they read (stride 1: output i reads input i + a*d - p)."""
@@ -179,52 +212,25 @@ class Conv2d(Op):
                 cols = _overlap(b * d - p, w, wo)
                 yield a * k + b, rows, cols
 
-    def _forward_output_side(self, out, ws, x, weight, bias):
-        x_t, w_taps, taps = ws["x_t"], ws["w_taps"], ws["taps"]
-        n, c, h, w = x.shape
-        o, k2 = self.out_channels, self.kernel * self.kernel
-        self._channel_major(x, x_t)
-        w_taps.view(k2, o, c).copy_(weight.view(o, c, k2).permute(2, 0, 1))
-        torch.mm(w_taps, x_t, out=taps)  # every tap's contribution, unshifted
-        each = taps.view(k2, o, n, h, w)
-        y = out.transpose(0, 1)  # (O, N, Ho, Wo) view of the NCHW result
-        if bias is None:
-            y.zero_()
-        else:
-            y.copy_(bias.view(o, 1, 1, 1).expand_as(y))
-        for tap, (yr, xr), (yc, xc) in self._taps(h, w, y.shape[2], y.shape[3]):
-            if yr and yc:
-                y[:, :, yr[0]:yr[1], yc[0]:yc[1]].add_(each[tap, :, :, xr[0]:xr[1], xc[0]:xc[1]])
-
     def _gather_gout(self, gout, gycol, x_shape):
         """gycol[(o, a, b), (n, h, w)] = gy[n, o, h - a*d + p, w - b*d + p], zero where
         that falls outside gy: every input pixel's view of the output gradient."""
         n, o, ho, wo = gout.shape
         h, w = x_shape[2], x_shape[3]
-        k2 = self.kernel * self.kernel
-        cols = gycol.view(o, k2, n, h, w)
+        cols = gycol.view(o, self.kernel * self.kernel, n, h, w)
         gy = gout.transpose(0, 1)
+        calls = []
         for tap, (yr, xr), (yc, xc) in self._taps(h, w, ho, wo):
             plane = cols[:, tap]
             if not (yr and yc):
-                plane.zero_()
+                calls.append(plane.zero_)
                 continue
-            plane[:, :, xr[0]:xr[1], xc[0]:xc[1]].copy_(gy[:, :, yr[0]:yr[1], yc[0]:yc[1]])
-            _zero_outside(plane, xr, xc)
+            calls.append(functools.partial(plane[:, :, xr[0]:xr[1], xc[0]:xc[1]].copy_,
+                                           gy[:, :, yr[0]:yr[1], yc[0]:yc[1]]))
+            calls.extend(_zeros_outside(plane, xr, xc))
+        return _calls(*calls)
 
-    # ---- layout helpers --------------------------------------------------------
-    @staticmethod
-    def _channel_major(t: torch.Tensor, into: torch.Tensor) -> None:
-        """(N, C, H, W), any strides -> (C, N*H*W), the layout the GEMMs want."""
-        n, c, h, w = t.shape
-        into.view(c, n, h, w).copy_(t.transpose(0, 1))
-
-    @staticmethod
-    def _from_channel_major(t: torch.Tensor, into: torch.Tensor) -> None:
-        """(C, N*H*W) -> (N, C, H, W), any strides."""
-        n, c, h, w = into.shape
-        into.copy_(t.view(c, n, h, w).transpose(0, 1))
-
+    # ---- the input side's windows ----------------------------------------------
     def _windows(self, padded: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
         """A strided view (C, k, k, N, Ho, Wo) of every input window; no copy."""
         n, c = padded.shape[:2]
@@ -233,33 +239,53 @@ class Conv2d(Op):
         return padded.as_strided((c, k, k, n, ho, wo), (sc, sh * d, sw * d, sn, sh * s, sw * s),
                                  padded.storage_offset())
 
-    def _pad_into(self, x: torch.Tensor, xpad: torch.Tensor | None) -> torch.Tensor:
-        if xpad is None:
-            return x
-        p = self.padding
-        xpad.zero_()
-        xpad[:, :, p:p + x.shape[2], p:p + x.shape[3]].copy_(x)
-        return xpad
-
     def _im2col(self, x, col, xpad):
         ho, wo = self._out_size(x.shape[2]), self._out_size(x.shape[3])
-        windows = self._windows(self._pad_into(x, xpad), ho, wo)
-        col.view(windows.shape).copy_(windows)
+        pad = []
+        if xpad is not None:
+            p = self.padding
+            pad = [xpad.zero_, functools.partial(xpad[:, :, p:p + x.shape[2], p:p + x.shape[3]].copy_, x)]
+        windows = self._windows(x if xpad is None else xpad, ho, wo)
+        return _calls(*pad, functools.partial(col.view(windows.shape).copy_, windows))
 
     def _col2im(self, gcol, grad, gpad, gout_shape):
         """Adds every column back onto the input position it was copied from."""
         n, _, ho, wo = gout_shape
         target = grad if gpad is None else gpad
-        target.zero_()
         k = self.kernel
         windows = self._windows(target, ho, wo)
         pieces = gcol.view(windows.shape)
-        for i in range(k):
-            for j in range(k):
-                windows[:, i, j].add_(pieces[:, i, j])
+        calls = [target.zero_]
+        calls += [functools.partial(windows[:, i, j].add_, pieces[:, i, j])
+                  for i in range(k) for j in range(k)]
         if gpad is not None:
             p = self.padding
-            grad.copy_(gpad[:, :, p:p + grad.shape[2], p:p + grad.shape[3]])
+            calls.append(functools.partial(grad.copy_,
+                                           gpad[:, :, p:p + grad.shape[2], p:p + grad.shape[3]]))
+        return _calls(*calls)
+
+
+def _channel_major(t: torch.Tensor, into: torch.Tensor):
+    """(N, C, H, W), any strides -> (C, N*H*W), the layout the GEMMs want."""
+    n, c, h, w = t.shape
+    return functools.partial(into.view(c, n, h, w).copy_, t.transpose(0, 1))
+
+
+def _from_channel_major(t: torch.Tensor, into: torch.Tensor):
+    """(C, N*H*W) -> (N, C, H, W), any strides."""
+    n, c, h, w = into.shape
+    return functools.partial(into.copy_, t.view(c, n, h, w).transpose(0, 1))
+
+
+def _calls(*calls):
+    """One call that makes the given calls in order."""
+    if len(calls) == 1:
+        return calls[0]
+
+    def run():
+        for call in calls:
+            call()
+    return run
 
 
 def _overlap(shift: int, size: int, out_size: int):
@@ -271,14 +297,16 @@ def _overlap(shift: int, size: int, out_size: int):
     return (i0, i1), (i0 + shift, i1 + shift)
 
 
-def _zero_outside(plane: torch.Tensor, rows, cols) -> None:
-    """Zeroes what lies outside rows x cols in the last two dimensions of ``plane``."""
+def _zeros_outside(plane: torch.Tensor, rows, cols) -> list:
+    """Calls zeroing what lies outside rows x cols in the last two dimensions of ``plane``."""
     h, w = plane.shape[-2:]
+    strips = []
     if rows[0] > 0:
-        plane[..., :rows[0], :].zero_()
+        strips.append(plane[..., :rows[0], :])
     if rows[1] < h:
-        plane[..., rows[1]:, :].zero_()
+        strips.append(plane[..., rows[1]:, :])
     if cols[0] > 0:
-        plane[..., rows[0]:rows[1], :cols[0]].zero_()
+        strips.append(plane[..., rows[0]:rows[1], :cols[0]])
     if cols[1] < w:
-        plane[..., rows[0]:rows[1], cols[1]:].zero_()
+        strips.append(plane[..., rows[0]:rows[1], cols[1]:])
+    return [strip.zero_ for strip in strips]

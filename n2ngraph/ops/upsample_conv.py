@@ -28,7 +28,7 @@ import torch
 
 from ..errors import SpecError
 from .base import VJP, Op, Shape, check_rank
-from .conv2d import Conv2d
+from .conv2d import Conv2d, _calls
 
 # ROWS[r][alpha]: the 3x3 kernel rows that phase r's 2x2 tap alpha adds up
 ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
@@ -118,64 +118,73 @@ class UpsampleConv2d(Op):
             return {"w_phase": weights, "gx_phase": phase["x"], "gxpad": padded, **own}
         return {"xpad": padded, "gw_phase": weights, "gw_taps": (4, o * c, 9), **own}
 
-    # ---- kernels ---------------------------------------------------------------------
+    # ---- kernels: prepared once (views and phase kernels bound), then only tensor ops --
+    def prepare(self, kernel, result, ws, /, **tensors):
+        if kernel == "grad_bias":
+            return functools.partial(torch.sum, tensors["gout"], dim=(0, 2, 3), out=result)
+        return getattr(self, f"_prepare_{kernel}")(result, ws, **tensors)
+
     def forward(self, out, ws, x, weight, bias=None):
-        conv, own = _phase_conv(self.conv), _own(ws)
-        xpad = self._pad(x, ws["xpad"])
-        w_phase = self._phase_weights(weight, ws["w_phase"])
-        for p, (r, s) in enumerate(PHASES):
-            conv.forward(self._phase_out(out, r, s), own, x=self._phase_in(xpad, r, s),
-                         weight=w_phase[p], bias=bias)
+        self.prepare("forward", out, ws, x=x, weight=weight, bias=bias)()
 
     def grad_x(self, grad, ws, gout, weight):
-        conv, own = _phase_conv(self.conv), _own(ws)
-        w_phase = self._phase_weights(weight, ws["w_phase"])
-        gx_phase, gxpad = ws["gx_phase"], ws["gxpad"]
-        gxpad.zero_()
-        for p, (r, s) in enumerate(PHASES):
-            conv.grad_x(gx_phase, own, gout=self._phase_out(gout, r, s), weight=w_phase[p])
-            self._phase_in(gxpad, r, s).add_(gx_phase)
-        h, w = grad.shape[2:]
-        grad.copy_(gxpad[:, :, 1:h + 1, 1:w + 1])
+        self.prepare("grad_x", grad, ws, gout=gout, weight=weight)()
 
     def grad_weight(self, grad, ws, gout, x):
-        conv, own = _phase_conv(self.conv), _own(ws)
-        xpad = self._pad(x, ws["xpad"])
-        gw_phase, gw_taps = ws["gw_phase"], ws["gw_taps"]
-        for p, (r, s) in enumerate(PHASES):
-            conv.grad_weight(gw_phase[p], own, gout=self._phase_out(gout, r, s),
-                             x=self._phase_in(xpad, r, s))
-        o, c = self.conv.out_channels, self.conv.in_channels
-        torch.matmul(gw_phase.view(4, o * c, 4), taps_matrix(grad), out=gw_taps)
-        torch.sum(gw_taps, dim=0, out=grad.view(o * c, 9))
+        self.prepare("grad_weight", grad, ws, gout=gout, x=x)()
 
     def grad_bias(self, grad, ws, gout):
-        torch.sum(gout, dim=(0, 2, 3), out=grad)
+        self.prepare("grad_bias", grad, ws, gout=gout)()
 
-    # ---- views -----------------------------------------------------------------------
-    def _phase_weights(self, weight: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
-        """The four phases' 2x2 kernels, (4, O, C, 2, 2), from the 3x3 one."""
+    def _prepare_forward(self, out, ws, x, weight, bias=None):
+        conv, own, xpad, w_phase = _phase_conv(self.conv), _own(ws), ws["xpad"], ws["w_phase"]
+        phases = [conv.prepare("forward", _phase_out(out, r, s), own, x=_phase_in(xpad, r, s),
+                               weight=w_phase[p], bias=bias) for p, (r, s) in enumerate(PHASES)]
+        return _calls(*_pad(x, xpad), self._phase_weights(weight, w_phase), *phases)
+
+    def _prepare_grad_x(self, grad, ws, gout, weight):
+        conv, own, w_phase = _phase_conv(self.conv), _own(ws), ws["w_phase"]
+        gx_phase, gxpad = ws["gx_phase"], ws["gxpad"]
+        calls = [self._phase_weights(weight, w_phase), gxpad.zero_]
+        for p, (r, s) in enumerate(PHASES):
+            calls.append(conv.prepare("grad_x", gx_phase, own, gout=_phase_out(gout, r, s),
+                                      weight=w_phase[p]))
+            calls.append(functools.partial(_phase_in(gxpad, r, s).add_, gx_phase))
+        h, w = grad.shape[2:]
+        calls.append(functools.partial(grad.copy_, gxpad[:, :, 1:h + 1, 1:w + 1]))
+        return _calls(*calls)
+
+    def _prepare_grad_weight(self, grad, ws, gout, x):
+        conv, own, xpad = _phase_conv(self.conv), _own(ws), ws["xpad"]
+        gw_phase, gw_taps = ws["gw_phase"], ws["gw_taps"]
         o, c = self.conv.out_channels, self.conv.in_channels
-        torch.matmul(weight.view(o * c, 9), taps_matrix(weight).transpose(1, 2),
-                     out=into.view(4, o * c, 4))
-        return into
+        phases = [conv.prepare("grad_weight", gw_phase[p], own, gout=_phase_out(gout, r, s),
+                               x=_phase_in(xpad, r, s)) for p, (r, s) in enumerate(PHASES)]
+        return _calls(*_pad(x, xpad), *phases,
+                      functools.partial(torch.matmul, gw_phase.view(4, o * c, 4),
+                                        taps_matrix(grad), out=gw_taps),
+                      functools.partial(torch.sum, gw_taps, dim=0, out=grad.view(o * c, 9)))
 
-    @staticmethod
-    def _pad(x: torch.Tensor, xpad: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2:]
-        xpad.zero_()
-        xpad[:, :, 1:h + 1, 1:w + 1].copy_(x)
-        return xpad
+    def _phase_weights(self, weight: torch.Tensor, into: torch.Tensor):
+        """A call writing the four phases' 2x2 kernels, (4, O, C, 2, 2), from the 3x3 one."""
+        o, c = self.conv.out_channels, self.conv.in_channels
+        return functools.partial(torch.matmul, weight.view(o * c, 9),
+                                 taps_matrix(weight).transpose(1, 2), out=into.view(4, o * c, 4))
 
-    @staticmethod
-    def _phase_in(padded: torch.Tensor, r: int, s: int) -> torch.Tensor:
-        """The (h+1) x (w+1) window of the padded small map that phase (r, s) reads."""
-        h, w = padded.shape[2] - 2, padded.shape[3] - 2
-        return padded[:, :, r:r + h + 1, s:s + w + 1]
 
-    @staticmethod
-    def _phase_out(big: torch.Tensor, r: int, s: int) -> torch.Tensor:
-        return big[:, :, r::2, s::2]
+def _pad(x: torch.Tensor, xpad: torch.Tensor) -> list:
+    h, w = x.shape[2:]
+    return [xpad.zero_, functools.partial(xpad[:, :, 1:h + 1, 1:w + 1].copy_, x)]
+
+
+def _phase_in(padded: torch.Tensor, r: int, s: int) -> torch.Tensor:
+    """The (h+1) x (w+1) window of the padded small map that phase (r, s) reads."""
+    h, w = padded.shape[2] - 2, padded.shape[3] - 2
+    return padded[:, :, r:r + h + 1, s:s + w + 1]
+
+
+def _phase_out(big: torch.Tensor, r: int, s: int) -> torch.Tensor:
+    return big[:, :, r::2, s::2]
 
 
 def _own(ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
