@@ -215,6 +215,15 @@ def test_shape_and_float64_reach_the_labels(tmp_path):
     assert "1×3×64×48 f64" in text and "1×24×32×24 f64" in text and " f32" not in text
 
 
+def test_pictures_show_the_rewritten_graph_unless_told_not_to(tmp_path):
+    spec = str(ROOT / "specs" / "noise2noise.yaml")
+    fused, plain = tmp_path / "fused.dot", tmp_path / "plain.dot"
+    assert viz.main([spec, "-o", str(fused), "--shape", "64,3,32,32"]) == 0
+    assert viz.main([spec, "-o", str(plain), "--shape", "64,3,32,32", "--no-rewrite"]) == 0
+    assert "upsample_conv2d" in fused.read_text() and '"up1"' not in fused.read_text()
+    assert "upsample_conv2d" not in plain.read_text() and '"up1"' in plain.read_text()
+
+
 def _run(argv, capsys):
     code = viz.main(argv)
     err = capsys.readouterr().err

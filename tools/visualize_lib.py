@@ -2,6 +2,7 @@
 
     tools/visualize SPEC -o OUT.png|OUT.svg|OUT.dot [--backward | --memory]
                     [--layout dot|python] [--direction TB|LR] [--shape N,C,H,W] [--float64]
+                    [--no-rewrite]
 
 Three views of what ``n2ngraph.compile`` builds:
 
@@ -111,13 +112,14 @@ class Picture:
 
 # ---- compiling ---------------------------------------------------------------------
 
-def compile_spec(spec_path: str, mode: str, shape=None, float64: bool = False):
+def compile_spec(spec_path: str, mode: str, shape=None, float64: bool = False,
+                 rewrite: bool = True):
     """(spec, Compiled, dtype name) for the view ``mode``: 'forward', 'backward', 'memory'."""
     import torch
 
     spec = ng.load_spec(spec_path)
     dtype = torch.float64 if float64 else torch.float32
-    program = ng.Program(spec, dtype=dtype)
+    program = ng.Program(spec, dtype=dtype, rewrite=rewrite)
     first = spec.inputs[0]
     if shape is None:
         shape = (spec.train.batch, first.channels, spec.train.crop, spec.train.crop)
@@ -835,6 +837,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", metavar="N,C,H,W", default=None,
                    help="input shape to compile for (default: the recipe's batch and crop)")
     p.add_argument("--float64", action="store_true", help="compile in float64 (default float32)")
+    p.add_argument("--no-rewrite", action="store_true",
+                   help="draw the graph as the spec writes it, before the rewrite pass")
     return p
 
 
@@ -851,7 +855,7 @@ def _parse_shape(text: str | None):
 
 
 def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | None = None,
-           direction: str = "TB", shape=None, float64: bool = False) -> Path:
+           direction: str = "TB", shape=None, float64: bool = False, rewrite: bool = True) -> Path:
     out = Path(output)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -861,7 +865,7 @@ def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | 
     if layout == "dot" and fmt != "dot" and not dot_binary():
         raise UsageError("--layout dot needs Graphviz's `dot` on PATH "
                          "(apt-get install graphviz); or use --layout python")
-    spec, compiled, dtype = compile_spec(spec_path, mode, shape, float64)
+    spec, compiled, dtype = compile_spec(spec_path, mode, shape, float64, rewrite)
     first = spec.inputs[0].name
     input_shape = compiled.graph.nodes[first]["shape"]
     pic = build_picture(spec, compiled, mode, dtype, input_shape)
@@ -889,7 +893,7 @@ def main(argv=None) -> int:
     mode = "backward" if args.backward else "memory" if args.memory else "forward"
     try:
         render(args.spec, args.output, mode=mode, layout=args.layout, direction=args.direction,
-               shape=_parse_shape(args.shape), float64=args.float64)
+               shape=_parse_shape(args.shape), float64=args.float64, rewrite=not args.no_rewrite)
     except (ng.SpecError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
