@@ -712,14 +712,16 @@ def test_conv2d_output_side_needs_stride_1():
     assert _spec_error(op.infer, x=(1, 2, 8, 8), **op.params()).field == "unfold"
 
 
-def test_conv2d_auto_unfolds_the_side_with_the_wider_gemm():
-    narrowing, widening = Conv2d(24, 3, 3, padding=1), Conv2d(3, 24, 3, padding=1)
-    assert narrowing.side("forward") == "output" and widening.side("forward") == "input"
-    assert narrowing.side("grad_x") == narrowing.side("grad_weight") == "output"
-    assert widening.side("grad_x") == widening.side("grad_weight") == "input"
-    assert Conv2d(8, 8, 3, padding=1).side("grad_weight") == "output"
+def test_conv2d_auto_unfolds_the_output_side_where_the_conv_narrows():
+    narrowing, square, widening = (Conv2d(24, 3, 3, padding=1), Conv2d(24, 24, 3, padding=1),
+                                   Conv2d(3, 24, 3, padding=1))
+    kernels = ("forward", "grad_x", "grad_weight")
+    assert {narrowing.side(k) for k in kernels} == {"output"}
+    assert {square.side(k) for k in kernels} == {widening.side(k) for k in kernels} == {"input"}
+    assert Conv2d(64, 32, 3, padding=1).side("forward") == "output"
+    assert Conv2d(67, 64, 3, padding=1).side("forward") == "input"
     strided = Conv2d(24, 3, 3, stride=2, padding=1)
-    assert {strided.side(k) for k in ("forward", "grad_x", "grad_weight")} == {"input"}
+    assert {strided.side(k) for k in kernels} == {"input"}
     forced = Conv2d(24, 3, 3, padding=1, unfold="input")
     assert forced.side("forward") == forced.side("grad_x") == "input"
 
@@ -729,3 +731,42 @@ def test_conv2d_auto_unfolds_the_side_with_the_wider_gemm():
                          ids=["k5", "stride2", "pad0", "dil2"])
 def test_upsample_conv2d_fuses_only_the_3x3_same_conv(conv):
     assert _spec_error(UpsampleConv2d, conv).field == "conv"
+
+
+@HYPOTHESIS
+@given(conv_configs(), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_conv2d_in_small_tiles_matches_autograd(config, tile_columns, seed):
+    """The input side's tiles (whole samples, or row blocks of one sample, the last one
+    short) give the same numbers as torch whatever the tile size."""
+    from unittest import mock
+
+    from n2ngraph.ops import conv2d
+
+    op, x_shape = config
+    op = attrs.evolve(op, unfold="input")
+    shape, error = _infer_or_error(op, x_shape)
+    assume(error is None)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {role: torch.randn(s, dtype=torch.float64, generator=gen)
+               for role, s in {"x": x_shape, **op.params()}.items()}
+    gout = torch.randn(shape, dtype=torch.float64, generator=gen)
+    with mock.patch.object(conv2d, "TILE_COLUMNS", tile_columns):
+        assert len(conv2d._tiles(shape[0], shape[2], shape[3])) >= 1
+        torch.testing.assert_close(run_forward(op, tensors), conv_oracle(op, **tensors), **F64)
+        expected = oracle_grads(op, conv_oracle, tensors, gout, list(tensors))
+        for role in tensors:
+            torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64)
+
+
+@pytest.mark.parametrize(("n", "ho", "wo", "columns"), [(5, 3, 3, 20), (2, 7, 3, 7), (1, 1, 1, 4)])
+def test_conv2d_tiles_cover_the_output_once(n, ho, wo, columns):
+    from unittest import mock
+
+    from n2ngraph.ops import conv2d
+
+    with mock.patch.object(conv2d, "TILE_COLUMNS", columns):
+        tiles = conv2d._tiles(n, ho, wo)
+    covered = torch.zeros(n, ho, dtype=torch.int64)
+    for n0, n1, r0, r1 in tiles:
+        covered[n0:n1, r0:r1] += 1
+    assert torch.equal(covered, torch.ones(n, ho, dtype=torch.int64))

@@ -148,4 +148,18 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return found
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def constant(name: str, make: Callable[[], torch.Tensor], *, device, dtype=None) -> torch.Tensor:
+    """A constant tensor kernels read (an index, a 0/1 matrix), made on the CPU by
+    ``make()`` the first time it is asked for under ``name`` on that device and dtype,
+    and cached, so that running a kernel never allocates it again."""
+    key = (name, str(device), dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = make().to(device=device, dtype=dtype)
+    return found
+
+
 KernelFn = Callable[..., None]

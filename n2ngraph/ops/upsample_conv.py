@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from ..errors import SpecError
-from .base import VJP, Op, Shape, check_rank
+from .base import VJP, Op, Shape, check_rank, constant
 from .conv2d import Conv2d, _calls
 
 # ROWS[r][alpha]: the 3x3 kernel rows that phase r's 2x2 tap alpha adds up
@@ -48,14 +48,8 @@ def _taps_matrix() -> torch.Tensor:
     return taps
 
 
-_CONSTANTS: dict[tuple, torch.Tensor] = {}
-
-
 def taps_matrix(like: torch.Tensor) -> torch.Tensor:
-    key = (like.dtype, like.device)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = _taps_matrix().to(dtype=like.dtype, device=like.device)
-    return _CONSTANTS[key]
+    return constant("upsample_conv2d taps", _taps_matrix, device=like.device, dtype=like.dtype)
 
 
 def fusable(conv: Op) -> bool:
