@@ -4,6 +4,16 @@ At construction it allocates every planned buffer once (``torch.empty``), carves
 value out of its buffer as a view, and binds every kernel to its output, workspaces
 and arguments. Running is then a loop over prepared calls: no shape logic, no dict
 look-ups, no allocation.
+
+On the CPU it also decides, per kernel, whether to run it on one thread: a kernel that
+writes fewer than ``SERIAL_BELOW`` values (result and workspaces) is done before
+waking, feeding and joining more threads pays off. Consecutive kernels of the same kind
+form one segment; the thread count is set once per segment (about a microsecond) and
+restored after the run. Measured on this project's 2-core machine with 2 threads, the
+seed net's training step ran at 2,144 / 2,789 / 3,175 samples/s (batch 4 / 16 / 64)
+with every kernel threaded and 3,155 / 3,782 / 3,829 with every kernel serial, while
+the U-Net (batch 16, 64x64, kernels of 4M values and more) went from 31.4 samples/s
+all serial to 35.5 threaded.
 """
 
 from __future__ import annotations
@@ -33,6 +43,14 @@ class Executable:
         self.inputs = tuple(v for v, kind in graph.nodes(data="kind") if kind == "input")
         self.names = sched.order
         self.steps: tuple[Callable[[], None], ...] = tuple(self._bind(v) for v in sched.order)
+        serial = [torch.device(device).type == "cpu" and self._written(v) < SERIAL_BELOW
+                  for v in sched.order]
+        self.segments = tuple((flag, self.steps[i:j]) for flag, i, j in _runs(serial))
+
+    def _written(self, value: str) -> int:
+        """Values a kernel writes: its result and its workspaces."""
+        keys = [value, *self.plan.workspaces[value].values()]
+        return sum(math.prod(self.values[k].shape) for k in keys)
 
     def _bind(self, value: str) -> Callable[[], None]:
         data = self.graph.nodes[value]
@@ -43,8 +61,18 @@ class Executable:
     def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
         for name in self.inputs:
             self.values[name].copy_(inputs[name])
-        for step in self.steps:
-            step()
+        threads = torch.get_num_threads()
+        if threads == 1 or len(self.segments) == 1 and not self.segments[0][0]:
+            for step in self.steps:
+                step()
+            return
+        try:
+            for serial, steps in self.segments:
+                torch.set_num_threads(1 if serial else threads)
+                for step in steps:
+                    step()
+        finally:
+            torch.set_num_threads(threads)
 
     def profile(self, inputs: Mapping[str, torch.Tensor], repeats: int) -> dict[str, float]:
         """Seconds each kernel takes, the median of ``repeats`` runs (a run as ``run``
@@ -62,3 +90,16 @@ class Executable:
                 sync()
                 times[name].append(time.perf_counter() - start)
         return {name: statistics.median(t) for name, t in times.items()}
+
+
+SERIAL_BELOW = 2**22
+
+
+def _runs(flags: list[bool]) -> list[tuple[bool, int, int]]:
+    """(flag, start, stop) of each run of equal consecutive flags."""
+    runs, start = [], 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[start]:
+            runs.append((flags[start], start, i))
+            start = i
+    return runs
