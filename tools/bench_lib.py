@@ -12,8 +12,10 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
   (zero_grad, forward, backward, optimizer step) under ``torch.compile``.
 - **inference** on one ``--image`` x ``--image`` photo.
 - **memory** at the largest batch: for each contender, in a fresh child process, the
-  peak resident set size the training steps add on top of the process with its data
-  ready; and n2ngraph's planned bytes (activations, gradients and workspaces).
+  peak resident set size while building the model and running 3 training steps, less
+  the resident size of the process with torch and its data ready (the peak is reset
+  through /proc/self/clear_refs first); and n2ngraph's planned bytes (activations,
+  gradients and workspaces).
 
 Machines are noisy, so only numbers measured side by side count: every contender runs
 in the same process, on the same tensors, with the same initial weights; the timing
@@ -27,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,7 +76,7 @@ class _Compiled:
 
     def __init__(self, model: TorchModel):
         self.model = model
-        net, sgd = model.net, model.optimizer.sgd
+        net, sgd = model.net, model.optimizer.torch
 
         def step(x, t):
             sgd.zero_grad(set_to_none=True)
@@ -144,8 +145,17 @@ def bench_inference(spec, size: int, names, args) -> dict[str, float]:
 
 # ---- memory, one child process per contender ------------------------------------------
 
-def _rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mib(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak since the last reset) from /proc, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Starts the peak resident size (VmHWM) over from the current one (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str) -> dict:
@@ -153,11 +163,12 @@ def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str)
     x, t = _pair(spec, batch, spec.train.crop, device)
     # the baseline: a process with torch, the data and one small throwaway step ready
     ng.compile(spec, (1, spec.inputs[0].channels, 8, 8)).train_step(x[:1, :, :8, :8], t[:1, :, :8, :8])
-    before = _rss_peak_mib()
+    _reset_peak()
+    before = _status_mib("VmRSS")
     model = build(name, spec, device)
     for _ in range(steps):
         model.train_step(x, t)
-    result = {"peak_added_mib": _rss_peak_mib() - before}
+    result = {"peak_added_mib": _status_mib("VmHWM") - before}
     if name == "n2ngraph":
         compiled = model.compiled("train", model.input_shapes(x.shape))
         result["planned_mib"] = compiled.plan.planned_bytes / 2**20
@@ -208,6 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-timing", action="store_true", help="only the memory measurement")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -226,12 +238,12 @@ def main(argv=None) -> int:
               f"ms (inference)\n")
         print(header)
         print("|" + "---|" * (len(names) + 3))
-        for batch in batches:
+        for batch in [] if args.no_timing else batches:
             rate = bench_train(spec, batch, names, args)
             cells = " | ".join(f"{rate[n]:,.0f}" for n in names)
             print(f"| train bs {batch} | {cells} | {_ratio(rate['n2ngraph'], rate['eager'])} | "
                   f"{_ratio(rate['n2ngraph'], rate.get('compile'))} |", flush=True)
-        if args.image:
+        if args.image and not args.no_timing:
             ms = bench_inference(spec, args.image, names, args)
             cells = " | ".join(f"{ms[n]:.1f} ms" for n in names)
             print(f"| inference {args.image}x{args.image} | {cells} | "
