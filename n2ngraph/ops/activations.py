@@ -3,30 +3,42 @@ differentiate through their *output*, so the input can be overwritten freely."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 import torch
 
 from .base import VJP, Op, Shape, attribute, register, scalar
 
 
-@register
-@attrs.frozen
-class Relu(Op):
-    """y = max(x, 0); dy/dx = 1 where y > 0, else 0 (PyTorch's choice at 0)."""
+class _Activation(Op):
+    """What every activation shares: one input it may overwrite, the output's shape,
+    a VJP that reads the output (not the input) and may overwrite the incoming
+    gradient, and a scratch tensor of the output's shape per kernel that needs one."""
 
-    name = "relu"
     inputs = ("x",)
     inplace = "x"
     vjps = {"x": VJP("grad_x", needs=("gout", "out"), inplace="gout")}
+    scratch: ClassVar[dict[str, str]] = {}  # kernel -> its scratch tensor's name
 
     def infer(self, x: Shape) -> Shape:
         return x
 
+    def workspace(self, kernel, shapes):
+        name = self.scratch.get(kernel)
+        return {name: shapes["out"]} if name else {}
+
+
+@register
+@attrs.frozen
+class Relu(_Activation):
+    """y = max(x, 0); dy/dx = 1 where y > 0, else 0 (PyTorch's choice at 0)."""
+
+    name = "relu"
+    scratch = {"grad_x": "mask"}
+
     def forward(self, out, ws, x):
         torch.clamp_min(x, 0, out=out)
-
-    def workspace(self, kernel, shapes):
-        return {"mask": shapes["out"]} if kernel == "grad_x" else {}
 
     def grad_x(self, grad, ws, gout, out):
         mask = ws["mask"]
@@ -36,22 +48,14 @@ class Relu(Op):
 
 @register
 @attrs.frozen
-class Sigmoid(Op):
+class Sigmoid(_Activation):
     """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y), evaluated as PyTorch does: g (1 - y) y."""
 
     name = "sigmoid"
-    inputs = ("x",)
-    inplace = "x"
-    vjps = {"x": VJP("grad_x", needs=("gout", "out"), inplace="gout")}
-
-    def infer(self, x: Shape) -> Shape:
-        return x
+    scratch = {"grad_x": "one_minus_y"}
 
     def forward(self, out, ws, x):
         torch.sigmoid(x, out=out)
-
-    def workspace(self, kernel, shapes):
-        return {"one_minus_y": shapes["out"]} if kernel == "grad_x" else {}
 
     def grad_x(self, grad, ws, gout, out):
         one_minus_y = ws["one_minus_y"]
@@ -62,7 +66,7 @@ class Sigmoid(Op):
 
 @register
 @attrs.frozen
-class LeakyRelu(Op):
+class LeakyRelu(_Activation):
     """y = x where x > 0, else slope * x; dy/dx = 1 where x > 0, else slope (so slope at
     x == 0, as torch's leaky_relu backward has it).
 
@@ -77,19 +81,10 @@ class LeakyRelu(Op):
     """
 
     name = "leaky_relu"
-    inputs = ("x",)
-    inplace = "x"
-    vjps = {"x": VJP("grad_x", needs=("gout", "out"), inplace="gout")}
+    scratch = {"forward": "scaled", "grad_x": "factor"}
 
     negative_slope: float = attribute(float, default=0.01, minimum=0,
                                       doc="gradient for x <= 0, as torch's (default 0.01)")
-
-    def infer(self, x: Shape) -> Shape:
-        return x
-
-    def workspace(self, kernel, shapes):
-        scratch = {"forward": "scaled", "grad_x": "factor"}.get(kernel)
-        return {scratch: shapes["out"]} if scratch else {}
 
     def forward(self, out, ws, x):
         scaled = ws["scaled"]
@@ -110,22 +105,14 @@ class LeakyRelu(Op):
 
 @register
 @attrs.frozen
-class Tanh(Op):
+class Tanh(_Activation):
     """y = tanh(x); dy/dx = 1 - y^2, evaluated as torch does: g (1 - y y)."""
 
     name = "tanh"
-    inputs = ("x",)
-    inplace = "x"
-    vjps = {"x": VJP("grad_x", needs=("gout", "out"), inplace="gout")}
-
-    def infer(self, x: Shape) -> Shape:
-        return x
+    scratch = {"grad_x": "one_minus_y2"}
 
     def forward(self, out, ws, x):
         torch.tanh(x, out=out)
-
-    def workspace(self, kernel, shapes):
-        return {"one_minus_y2": shapes["out"]} if kernel == "grad_x" else {}
 
     def grad_x(self, grad, ws, gout, out):
         one_minus_y2 = ws["one_minus_y2"]
