@@ -18,6 +18,7 @@ class _MeanLoss(Op):
     gradient w.r.t. ``a`` of the loss of a - b)."""
 
     inputs = ("prediction", "target")
+    mean_over_elements = True  # a batch's loss and gradients are its parts' weighted by size
     vjps = {
         "prediction": VJP("grad_prediction", needs=("gout", "prediction", "target")),
         "target": VJP("grad_target", needs=("gout", "prediction", "target")),
