@@ -374,8 +374,6 @@ def test_the_shipped_spec_is_the_repository_spec():
         pretrained.spec_path("nonesuch")
 
 
-@pytest.mark.skipif(not pretrained.weights_path("noise2noise").is_file(),
-                    reason="the pretrained weights are not in this checkout yet")
 def test_the_shipped_weights_denoise_a_held_out_photo():
     """A 256 x 256 crop of 'coffee' (held out of training) under the default noise."""
     from n2ngraph.data import embedded_split
