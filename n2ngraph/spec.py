@@ -111,7 +111,7 @@ OPTIMIZERS = {
     "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
     "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
 }
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}  # torch.optim's defaults
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}  # PyTorch's own SGD and Adam defaults
 SCHEDULES = {
     "constant": (),
     "step": ("step_size", "gamma"),

@@ -387,10 +387,8 @@ def test_conv2d_infer_agrees_with_torch_on_every_configuration(config):
         assert tuple(shape) == tuple(conv_oracle(op, x, weight).shape)
 
 
-@HYPOTHESIS
-@given(conv_configs(), st.integers(0, 2**31 - 1))
-def test_conv2d_drawn_forward_and_vjps_match_autograd(config, seed):
-    op, x_shape = config
+def _check_conv_against_autograd(op, x_shape, seed):
+    """Forward and every VJP of ``op`` on random float64 tensors against torch."""
     shape, error = _infer_or_error(op, x_shape)
     assume(error is None)
     gen = torch.Generator().manual_seed(seed)
@@ -403,6 +401,12 @@ def test_conv2d_drawn_forward_and_vjps_match_autograd(config, seed):
     for role in wrt:
         torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64,
                                    msg=lambda m, role=role: f"{op} grad {role}: {m}")
+
+
+@HYPOTHESIS
+@given(conv_configs(), st.integers(0, 2**31 - 1))
+def test_conv2d_drawn_forward_and_vjps_match_autograd(config, seed):
+    _check_conv_against_autograd(*config, seed)
 
 
 @HYPOTHESIS
@@ -743,19 +747,8 @@ def test_conv2d_in_small_tiles_matches_autograd(config, tile_columns, seed):
     from n2ngraph.ops import conv2d
 
     op, x_shape = config
-    op = attrs.evolve(op, unfold="input")
-    shape, error = _infer_or_error(op, x_shape)
-    assume(error is None)
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {role: torch.randn(s, dtype=torch.float64, generator=gen)
-               for role, s in {"x": x_shape, **op.params()}.items()}
-    gout = torch.randn(shape, dtype=torch.float64, generator=gen)
     with mock.patch.object(conv2d, "TILE_COLUMNS", tile_columns):
-        assert len(conv2d._tiles(shape[0], shape[2], shape[3])) >= 1
-        torch.testing.assert_close(run_forward(op, tensors), conv_oracle(op, **tensors), **F64)
-        expected = oracle_grads(op, conv_oracle, tensors, gout, list(tensors))
-        for role in tensors:
-            torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64)
+        _check_conv_against_autograd(attrs.evolve(op, unfold="input"), x_shape, seed)
 
 
 @pytest.mark.parametrize(("n", "ho", "wo", "columns"), [(5, 3, 3, 20), (2, 7, 3, 7), (1, 1, 1, 4)])
