@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,3 +13,29 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 import sys  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||: the distance the parity tests hold below a tolerance."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def step_both(prog, ref, opt, x, t, tol: float, step, after_backward=None) -> None:
+    """One training step of an n2ngraph Program and of its torch.nn twin ``ref`` with
+    optimizer ``opt`` on the same batch; asserts the loss and every gradient agree.
+    ``after_backward`` runs on the torch side between backward and the update."""
+    loss = prog.train_step(x, t)
+    opt.zero_grad()
+    expected = ref.objective(x, t)
+    expected.backward()
+    if after_backward is not None:
+        after_backward()
+    for name, p in ref.named_parameters():
+        assert relative(prog.grads[name], p.grad) < tol, (step, name)
+    opt.step()
+    assert loss == pytest.approx(expected.item(), rel=tol), step
+
+
+def assert_params_close(prog, ref, tol: float) -> None:
+    for name, p in ref.named_parameters():
+        assert relative(prog.params[name], p.detach()) < tol, name

@@ -10,7 +10,7 @@ import torch
 
 import n2ngraph as ng
 
-from helpers import ROOT
+from helpers import ROOT, assert_params_close, step_both
 from torch_reference import TorchNet, torch_optimizer
 
 # float32 rounding grows with depth (18 convolutions in the U-Net's longest path), and
@@ -18,10 +18,6 @@ from torch_reference import TorchNet, torch_optimizer
 # last-bit differences reach the next gradients; float64 is the tight check.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 SPECS = ["unet", "dncnn"]
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _spec(name: str) -> ng.Spec:
@@ -56,16 +52,8 @@ def test_adam_steps_on_odd_crops_match_torch(name, dtype):
     for step in range(4):
         x = torch.rand(shape, generator=gen, dtype=dtype)
         t = torch.rand(shape, generator=gen, dtype=dtype)
-        loss = prog.train_step(x, t)
-        opt.zero_grad()
-        expected = ref.objective(x, t)
-        expected.backward()
-        for pname, p in ref.named_parameters():
-            assert _relative(prog.grads[pname], p.grad) < tol, (step, pname)
-        opt.step()
-        assert loss == pytest.approx(expected.item(), rel=tol), step
-    for pname, p in ref.named_parameters():
-        assert _relative(prog.params[pname], p.detach()) < tol, pname
+        step_both(prog, ref, opt, x, t, tol, step)
+    assert_params_close(prog, ref, tol)
     photo = torch.rand(1, 3, 21, 17, generator=gen, dtype=dtype)
     result = prog.forward(photo)
     assert result.shape == photo.shape

@@ -8,7 +8,7 @@ import torch
 import n2ngraph as ng
 from n2ngraph.spec import OptimizerSpec
 
-from helpers import DEVICES, ROOT
+from helpers import DEVICES, ROOT, assert_params_close, step_both
 from torch_reference import TorchNet
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -18,10 +18,6 @@ OPTIMIZERS = {
     "momentum": OptimizerSpec(lr=0.02, momentum=0.9, dampening=0.1),
     "nesterov": OptimizerSpec(lr=0.02, momentum=0.8, nesterov=True, weight_decay=1e-3),
 }
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -43,16 +39,8 @@ def test_ten_sgd_steps_match_torch(name, optimizer, dtype, device):
     for step in range(10):
         x = torch.rand(shape, generator=gen, dtype=dtype).to(device)
         t = torch.rand(shape, generator=gen, dtype=dtype).to(device)
-        loss = prog.train_step(x, t)
-        opt.zero_grad()
-        expected = ref.objective(x, t)
-        expected.backward()
-        for pname, p in ref.named_parameters():
-            assert _relative(prog.grads[pname], p.grad) < tol, (step, pname)
-        opt.step()
-        assert loss == pytest.approx(expected.item(), rel=tol), step
-    for pname, p in ref.named_parameters():
-        assert _relative(prog.params[pname], p.detach()) < tol, pname
+        step_both(prog, ref, opt, x, t, tol, step)
+    assert_params_close(prog, ref, tol)
 
 
 @pytest.mark.parametrize("name", ["noise2noise", "skipnet"])

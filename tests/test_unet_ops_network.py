@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 import n2ngraph as ng
 from n2ngraph.spec import OptimizerSpec, parse_spec
 
+from helpers import step_both
 from torch_reference import TorchNet
 
 SPEC = """
@@ -44,10 +45,6 @@ SHAPE = (2, 3, 9, 14)
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def test_the_spec_uses_every_new_op():
     used = {node.op.name for node in parse_spec(SPEC).nodes}
     assert used >= {"leaky_relu", "tanh", "maxpool2d", "avgpool2d", "concat", "pad", "crop", "l1"}
@@ -67,14 +64,7 @@ def test_five_momentum_steps_match_torch(dtype):
     for step in range(5):
         x = torch.rand(SHAPE, generator=gen, dtype=dtype)
         t = torch.rand(SHAPE, generator=gen, dtype=dtype)
-        loss = prog.train_step(x, t)
-        opt.zero_grad()
-        expected = ref.objective(x, t)
-        expected.backward()
-        for name, p in ref.named_parameters():
-            assert _relative(prog.grads[name], p.grad) < tol, (step, name)
-        opt.step()
-        assert loss == pytest.approx(expected.item(), rel=tol), step
+        step_both(prog, ref, opt, x, t, tol, step)
     photo = torch.rand(1, 3, 7, 11, dtype=dtype)  # inference on another shape, trained weights
     with torch.no_grad():
         torch.testing.assert_close(prog.forward(photo), ref(photo), rtol=tol, atol=tol)
