@@ -29,6 +29,7 @@ def test_the_specs_are_what_they_claim():
     ops = {name: {n.op.name for n in s.nodes} for name, s in (("unet", unet), ("dncnn", dncnn))}
     assert {"pad", "maxpool2d", "upsample_nearest", "concat", "leaky_relu", "crop"} <= ops["unet"]
     assert unet.node("padded").op.multiple == 8
+    assert unet.node("padded").op.mode == "reflect"  # photo-like borders, not black ones
     assert sum(n.op.name == "maxpool2d" for n in unet.nodes) == 3  # 8 = 2 ** 3
     assert unet.node(unet.output).op.name == "crop"  # linear output: no activation at the end
     assert dncnn.node(dncnn.output).op.name == "sub"

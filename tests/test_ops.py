@@ -32,6 +32,7 @@ from n2ngraph.ops.tensor import Concat, Crop, Pad
 from n2ngraph.ops.upsample import UpsampleNearest
 from n2ngraph.ops.upsample_conv import UpsampleConv2d
 from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
+from torch_reference import Pad as TorchPad
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-5)
@@ -76,8 +77,7 @@ def leaky_relu_oracle(op, x):
 
 
 def pad_oracle(op, x):
-    h, w = x.shape[2:]
-    return F.pad(x, (0, -w % op.multiple, 0, -h % op.multiple))
+    return TorchPad(op.multiple, op.mode)(x)
 
 
 def crop_oracle(op, x, like):
@@ -194,6 +194,13 @@ CASES = [
     Case("pad-4", Pad(4), {"x": (2, 3, 5, 6)}, pad_oracle, exact=True),
     Case("pad-2-already", Pad(2), {"x": (1, 2, 4, 6)}, pad_oracle, exact=True),
     Case("pad-3-height-only", Pad(3), {"x": (1, 2, 4, 6)}, pad_oracle, exact=True),
+    Case("pad-4-reflect", Pad(4, mode="reflect"), {"x": (2, 3, 5, 6)}, pad_oracle, exact=True),
+    Case("pad-8-reflect-longer-than-image", Pad(8, mode="reflect"), {"x": (1, 2, 3, 2)},
+         pad_oracle, exact=True),
+    Case("pad-8-reflect-one-row", Pad(8, mode="reflect"), {"x": (1, 1, 1, 5)}, pad_oracle,
+         exact=True),
+    Case("pad-2-reflect-already", Pad(2, mode="reflect"), {"x": (1, 2, 4, 6)}, pad_oracle,
+         exact=True),
     Case("crop", Crop(), {"x": (2, 3, 8, 8), "like": (2, 1, 5, 6)}, crop_oracle, exact=True),
     Case("crop-same-size", Crop(), {"x": (1, 2, 4, 3), "like": (1, 3, 4, 3)}, crop_oracle,
          exact=True),
@@ -609,11 +616,12 @@ def test_crop_wants_a_smaller_like_of_the_same_batch(x, like):
     assert _spec_error(Crop().infer, x=x, like=like).field == "in"
 
 
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
 @pytest.mark.parametrize("multiple", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("size", [1, 2, 5, 8, 13])
-def test_pad_then_crop_restores_any_size(multiple, size):
+def test_pad_then_crop_restores_any_size(multiple, size, mode):
     x = torch.randn(1, 2, size, size + 1, dtype=torch.float64)
-    padded = run_forward(Pad(multiple), {"x": x})
+    padded = run_forward(Pad(multiple, mode=mode), {"x": x})
     assert padded.shape[2] % multiple == 0 and padded.shape[3] % multiple == 0
     assert padded.shape[2] - size < multiple and padded.shape[3] - size - 1 < multiple
     assert torch.equal(run_forward(Crop(), {"x": padded, "like": x}), x)
@@ -647,6 +655,7 @@ BAD_ATTRIBUTES = [
     (UpsampleNearest, {"scale": False}, "scale"),
     (Pad, {"multiple": 0}, "multiple"),
     (Pad, {"multiple": 2.0}, "multiple"),
+    (Pad, {"multiple": 2, "mode": "edge"}, "mode"),
     (LeakyRelu, {"negative_slope": -0.1}, "negative_slope"),
     (LeakyRelu, {"negative_slope": "0.1"}, "negative_slope"),
     (LeakyRelu, {"negative_slope": True}, "negative_slope"),

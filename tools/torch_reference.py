@@ -36,14 +36,26 @@ class _Concat(nn.Module):
         return torch.cat((a, b), dim=1)
 
 
-class _Pad(nn.Module):
-    def __init__(self, multiple: int):
+class Pad(nn.Module):
+    """Zeros, or torch's 'reflect' repeated while the pad is longer than the image can
+    mirror ('replicate' for a side of one pixel)."""
+
+    def __init__(self, multiple: int, mode: str = "zeros"):
         super().__init__()
-        self.multiple = multiple
+        self.multiple, self.mode = multiple, mode
 
     def forward(self, x):
         h, w = x.shape[2:]
-        return nn.functional.pad(x, (0, -w % self.multiple, 0, -h % self.multiple))
+        if self.mode == "zeros":
+            return nn.functional.pad(x, (0, -w % self.multiple, 0, -h % self.multiple))
+        for dim, pad in ((2, -h % self.multiple), (3, -w % self.multiple)):
+            while pad > 0:
+                size = x.shape[dim]
+                step = min(pad, size - 1) or 1
+                widths = (0, step, 0, 0) if dim == 3 else (0, 0, 0, step)
+                x = nn.functional.pad(x, widths, mode="reflect" if size > 1 else "replicate")
+                pad -= step
+        return x
 
 
 class _Crop(nn.Module):
@@ -84,7 +96,7 @@ def _module(op) -> nn.Module:
     if op.name == "l1":
         return nn.L1Loss()
     if op.name == "pad":
-        return _Pad(op.multiple)
+        return Pad(op.multiple, op.mode)
     if op.name == "crop":
         return _Crop()
     raise NotImplementedError(f"no torch.nn counterpart for op {op.name}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import attrs
+import torch
 
 from ..errors import SpecError
 from .base import VJP, Op, Shape, attribute, check_rank, register
@@ -46,15 +47,30 @@ class Concat(Op):
         grad.copy_(gout[:, gout.shape[1] - grad.shape[1]:])
 
 
+def reflected(index: int, size: int) -> int:
+    """The source of position ``index`` >= ``size`` when an axis of ``size`` values is
+    extended by reflection about its last value (torch's 'reflect': ..., a, b, c, b, a),
+    repeating the reflection for pads longer than the axis."""
+    period = 2 * (size - 1)
+    if period == 0:
+        return 0
+    q = index % period
+    return q if q < size else period - q
+
+
 @register
 @attrs.frozen
 class Pad(Op):
-    """Zeros appended below and to the right, up to the next multiple of ``multiple``
-    in height and width (nothing when already one): torch's functional pad by (0, pw, 0, ph).
+    """Values appended below and to the right, up to the next multiple of ``multiple``
+    in height and width (nothing when already one): zeros, as torch's functional pad by
+    (0, pw, 0, ph), or the image mirrored about its last row and column (mode
+    'reflect', as torch's 'reflect' pad where the pad is shorter than the image).
 
     What lets a U-Net that halves the image d times take a photo of any size: pad by
-    2**d in front, ``crop`` back to the input's size at the end. The gradient is the
-    output gradient's top-left block.
+    2**d in front, ``crop`` back to the input's size at the end. Mirroring keeps the
+    border pixels' neighbourhoods photo-like instead of black. The gradient is the
+    output gradient's top-left block, plus, for 'reflect', each padded row and column's
+    gradient added onto the row or column it copies.
     """
 
     name = "pad"
@@ -62,6 +78,8 @@ class Pad(Op):
     vjps = {"x": VJP("grad_x", needs=("gout",))}
 
     multiple: int = attribute(int, minimum=1, doc="height and width become multiples of it")
+    mode: str = attribute(str, default="zeros", choices=("zeros", "reflect"),
+                          doc="what fills the pad: zeros, or the image mirrored")
 
     def infer(self, x: Shape) -> Shape:
         check_rank(x, 4, "pad input (N, C, H, W)")
@@ -69,15 +87,44 @@ class Pad(Op):
         m = self.multiple
         return (n, c, -(-h // m) * m, -(-w // m) * m)
 
+    def workspace(self, kernel, shapes):
+        n, c, h, _ = shapes["x"]
+        if kernel == "grad_x" and self.mode == "reflect":
+            return {"fold": (n, c, h, shapes["out"][3])}  # row gradients folded, full width
+        return {}
+
+    def _sources(self, x: torch.Tensor, out: torch.Tensor):
+        """(padded row, its source row) and (padded column, its source column) pairs."""
+        (h, w), (ph, pw) = x.shape[2:], out.shape[2:]
+        return ([(i, reflected(i, h)) for i in range(h, ph)],
+                [(j, reflected(j, w)) for j in range(w, pw)])
+
     def forward(self, out, ws, x):
         h, w = x.shape[2:]
         out[:, :, :h, :w].copy_(x)
-        out[:, :, h:].zero_()
-        out[:, :, :h, w:].zero_()
+        if self.mode == "zeros":
+            out[:, :, h:].zero_()
+            out[:, :, :h, w:].zero_()
+            return
+        rows, columns = self._sources(x, out)
+        for j, source in columns:  # columns first, then whole rows, corners included
+            out[:, :, :h, j].copy_(x[:, :, :, source])
+        for i, source in rows:
+            out[:, :, i].copy_(out[:, :, source])
 
     def grad_x(self, grad, ws, gout):
         h, w = grad.shape[2:]
-        grad.copy_(gout[:, :, :h, :w])
+        if self.mode == "zeros":
+            grad.copy_(gout[:, :, :h, :w])
+            return
+        rows, columns = self._sources(grad, gout)
+        fold = ws["fold"]
+        fold.copy_(gout[:, :, :h])
+        for i, source in rows:  # the reverse of forward: rows first, then columns
+            fold[:, :, source].add_(gout[:, :, i])
+        grad.copy_(fold[:, :, :, :w])
+        for j, source in columns:
+            grad[:, :, :, source].add_(fold[:, :, :, j])
 
 
 @register
