@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pairs", type=int, help="training pairs per epoch")
     r.add_argument("--seed", type=int)
     r.add_argument("--run", metavar="DIR", help="run directory (default runs/<spec>-<time>)")
+    r.add_argument("--from-weights", metavar="FILE|RUNDIR|shipped",
+                   help="start from these parameters instead of fresh ones (fine-tuning): a "
+                        "checkpoint, a run's best one, or 'shipped' for the spec's shipped weights")
     r.add_argument("--max-steps", type=int, help="stop after this many steps, resumable")
     r.add_argument("--lrs", default="0.001,0.01,0.1,0.5,1,1.5,2", help="sweep learning rates")
     r.add_argument("--batches", default="4,12,24,48", help="sweep batch sizes")
@@ -96,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                    "is often fastest at small batches or on a busy machine)")
     d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one "
                    "(default for --eval, --denoise: the weights shipped for the spec)")
+    d.add_argument("--ensemble", action="store_true",
+                   help="--eval, --denoise: average the eight flips and rotations (8x the time, "
+                        "a sharper result)")
     d.add_argument("--out", metavar="DIR", help="where --denoise writes its PNGs")
     d.add_argument("--overwrite", action="store_true", help="let --denoise replace existing files")
     d.add_argument("--steps", type=int, default=20, help="--summary, --profile: steps to time (default 20)")
@@ -169,20 +175,26 @@ def _weights_file(path: str) -> Path:
     return p
 
 
-def _load_weights(spec: Spec, args, dtype):
-    """--weights, or else the weights shipped with n2ngraph for a spec of that name."""
-    if args.weights:
-        path = _weights_file(args.weights)
-    else:
-        path = pretrained.weights_path(spec.name)
-        if not path.is_file():
-            raise UsageError(f"no weights ship with n2ngraph for spec '{spec.name}': pass "
-                             f"--weights FILE|RUNDIR (a checkpoint, or a run directory)")
-        print(f"weights: {path} (shipped for '{spec.name}')")
+def _shipped_weights(spec: Spec, flag: str) -> Path:
+    path = pretrained.weights_path(spec.name)
+    if not path.is_file():
+        raise UsageError(f"no weights ship with n2ngraph for spec '{spec.name}': pass "
+                         f"{flag} FILE|RUNDIR (a checkpoint, or a run directory)")
+    print(f"weights: {path} (shipped for '{spec.name}')")
+    return path
+
+
+def _read_params_into(model, spec: Spec, path: Path) -> None:
     params, _, _, _ = load_checkpoint(path)
-    model = compile(spec, None, device=_device(args.device), dtype=dtype)
     check_params_fit(path, params, model.state_dict(), spec.name)
     model.load_state_dict(params)
+
+
+def _load_weights(spec: Spec, args, dtype):
+    """--weights, or else the weights shipped with n2ngraph for a spec of that name."""
+    path = _weights_file(args.weights) if args.weights else _shipped_weights(spec, "--weights")
+    model = compile(spec, None, device=_device(args.device), dtype=dtype)
+    _read_params_into(model, spec, path)
     return model
 
 
@@ -204,18 +216,27 @@ def do_train(args) -> int:
     from .train import Run, prepare_data
 
     spec, text = _spec(args)
-    config = _config(spec, args)
     directory = Path(args.run or f"runs/{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if directory.exists():
         raise UsageError(f"run directory {directory} already exists: continue it with "
                          f"--resume {directory}, or choose another --run")
+    start = None
+    if args.from_weights:  # checked before any data is made or any file written
+        start = (_shipped_weights(spec, "--from-weights") if args.from_weights == "shipped"
+                 else _weights_file(args.from_weights))
+        if not start.is_file():
+            raise UsageError(f"--from-weights {args.from_weights}: no such checkpoint ({start})")
+    config = _config(spec, args, from_weights=str(start) if start else None)
     data = prepare_data(config)
     dtype = _dtype(args)
     model = _model(spec, config, dtype)
+    if start is not None:
+        _read_params_into(model, spec, start)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.create()
     print(f"training {spec.name} into {directory}: {config.epochs} epochs, batch {config.batch}, "
-          f"{config.optimizer} lr {config.lr}, {config.schedule} schedule; {data.description}")
+          f"{config.optimizer} lr {config.lr}, {config.schedule} schedule; {data.description}"
+          + (f"; starting from the parameters in {start}" if start else ""))
     if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
         _finish_run(run, data, config, dtype)
     return 0
@@ -266,7 +287,8 @@ def do_eval(args) -> int:
         before, after = [], []
         for i, (name, clean) in enumerate(sorted(photos.items())):
             noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
-            out = denoise(model, spec, noisy, device=model.device, dtype=dtype)
+            out = denoise(model, spec, noisy, device=model.device, dtype=dtype,
+                          ensemble=args.ensemble)
             reference = clean[None].double() / 255
             before.append(psnr(noisy.double() / 255, reference))
             after.append(psnr(out.double() / 255, reference))
@@ -280,7 +302,10 @@ def do_eval(args) -> int:
             _, val = datasets.embedded_split()
             noisy, clean = datasets.validation_set(val, args.val_count, spec.train.crop, noise, seed)
             what = f"{len(noisy)} validation crops of scikit-image's photos (noise {noise}, seed {seed})"
-        input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype)
+        input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype,
+                                           ensemble=args.ensemble)
+    if args.ensemble:
+        what += ", mean of 8 orientations"
     print(f"{spec.name}: PSNR {input_psnr:.2f} dB (input) -> {output_psnr:.2f} dB (output) on {what}")
     return 0
 
@@ -305,7 +330,8 @@ def do_denoise(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for (path, photo), target in zip(photos, targets):
         start = time.perf_counter()
-        result = denoise(model, spec, photo[None], device=model.device, dtype=dtype)[0]
+        result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
+                         ensemble=args.ensemble)[0]
         datasets.save_photo(target, result)
         h, w = photo.shape[1:]
         print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")

@@ -53,6 +53,7 @@ class TrainConfig:
     schedule: str = "constant"  # likewise
     clip_grad_norm: float | None = None
     augment: bool = False
+    from_weights: str | None = None  # the checkpoint a fine-tuning run started from
 
     @classmethod
     def from_spec(cls, spec: Spec, **overrides) -> "TrainConfig":
@@ -142,12 +143,16 @@ def to_float(batch: torch.Tensor, device, dtype) -> torch.Tensor:
 
 
 def evaluate(model, noisy: torch.Tensor, clean: torch.Tensor, *, device="cpu",
-             dtype=torch.float32, chunk: int = 250) -> tuple[float, float]:
-    """(PSNR of the input, PSNR of the output) in dB over uint8 pairs."""
+             dtype=torch.float32, chunk: int = 250, ensemble: bool = False) -> tuple[float, float]:
+    """(PSNR of the input, PSNR of the output) in dB over uint8 pairs; with
+    ``ensemble``, of the mean output over the eight orientations (images.self_ensemble)."""
+    from .images import self_ensemble
+
     outputs = []
     for start in range(0, len(noisy), chunk):
         x = to_float(noisy[start:start + chunk], device, dtype)
-        outputs.append(model.forward(x).clamp_(0, 1).cpu())
+        y = self_ensemble(model.forward, x) if ensemble else model.forward(x)
+        outputs.append(y.clamp_(0, 1).cpu())
     out = torch.cat(outputs).to(torch.float64)
     reference = clean.to(torch.float64) / 255
     return psnr(noisy.to(torch.float64) / 255, reference), psnr(out, reference)

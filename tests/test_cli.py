@@ -103,6 +103,44 @@ def test_denoise_keeps_odd_sizes(trained, tmp_path):
     assert (out / "cat.png").read_bytes() == before
 
 
+def test_fine_tuning_starts_from_the_given_weights(trained, tmp_path):
+    run = tmp_path / "tuned"
+    # one step at a vanishing learning rate: the parameters are still the trained ones
+    assert _train(run, "--from-weights", str(trained), "--max-steps", "1", "--lr", "1e-12") == 0
+    start, _, _, _ = load_checkpoint(trained / "best.safetensors")
+    tuned, _, state, _ = load_checkpoint(run / "last.safetensors")
+    assert state["step"] == 1
+    for name, value in start.items():
+        torch.testing.assert_close(tuned[name], value, rtol=0, atol=1e-9)
+    fresh = tmp_path / "fresh"
+    assert _train(fresh, "--max-steps", "1", "--lr", "1e-12") == 0
+    untrained, _, _, _ = load_checkpoint(fresh / "last.safetensors")
+    assert not torch.allclose(untrained["conv1.weight"], start["conv1.weight"])
+    assert str(trained / "best.safetensors") in (run / "config.json").read_text()
+
+
+def test_fine_tuning_from_missing_or_foreign_weights_writes_nothing(trained, tmp_path, capsys):
+    run = tmp_path / "r"
+    _fails(capsys, [SPEC, "--train", "--run", str(run), "--from-weights", str(tmp_path / "no.safetensors"),
+                    *QUICK], "no.safetensors")
+    unet = str(ROOT / "specs" / "unet.yaml")
+    _fails(capsys, [unet, "--train", "--run", str(run), "--from-weights", str(trained), *QUICK],
+           "best.safetensors")
+    assert not run.exists()
+
+
+def test_eval_and_denoise_with_the_self_ensemble(trained, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    datasets.save_photo(folder / "a.png", datasets.embedded_photos()["astronaut"][:, :37, :45])
+    assert main([SPEC, "--eval", "--weights", str(trained), "--data", str(folder), "--ensemble"]) == 0
+    assert "mean of 8 orientations" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main([SPEC, "--denoise", str(folder / "a.png"), "--weights", str(trained), "--out",
+                 str(out), "--ensemble"]) == 0
+    assert datasets.load_photo(out / "a.png").shape == (3, 37, 45)
+
+
 def test_sweep_writes_its_figure(tmp_path):
     run = tmp_path / "sweep"
     assert main([SPEC, "--sweep", "--run", str(run), "--lrs", "0.1,1", "--batches", "4,8",

@@ -1,0 +1,44 @@
+"""Whole photos: geometric self-ensemble and the padding that lets any size through."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from n2ngraph.images import self_ensemble
+
+
+def _orientations(x):
+    """The eight flips and quarter turns of x, written out here independently."""
+    turns = [x, x.transpose(2, 3).flip(2), x.flip(2).flip(3), x.transpose(2, 3).flip(3)]
+    return turns + [t.flip(3) for t in turns]
+
+
+def _not_equivariant(x):
+    """A map that prefers one orientation: a running sum along the rows, weighted by row."""
+    rows = torch.arange(1, x.shape[2] + 1, dtype=x.dtype).view(1, 1, -1, 1)
+    return x.cumsum(3) * rows
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 5), (2, 3, 4, 7)], ids=str)
+def test_the_ensemble_is_equivariant_even_when_the_map_is_not(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    y = self_ensemble(_not_equivariant, x)
+    assert y.shape == x.shape
+    assert not torch.allclose(y, _not_equivariant(x))
+    for transformed_x, transformed_y in zip(_orientations(x), _orientations(y)):
+        torch.testing.assert_close(self_ensemble(_not_equivariant, transformed_x), transformed_y)
+
+
+def test_an_equivariant_map_is_left_unchanged():
+    x = torch.randn(2, 3, 6, 4, dtype=torch.float64)
+    torch.testing.assert_close(self_ensemble(torch.tanh, x), torch.tanh(x))
+
+
+def test_the_ensemble_averages_what_the_map_says_in_each_orientation():
+    x = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    corner = lambda t: torch.zeros_like(t).index_fill_(2, torch.tensor([0]), 1.0)  # top row = 1
+    # the top row, turned back from every orientation, covers each border row and column
+    # twice out of eight: edges 1/4 each (corners twice that), the centre never
+    expected = torch.tensor([[0.5, 0.25, 0.5], [0.25, 0.0, 0.25], [0.5, 0.25, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(self_ensemble(corner, x)[0, 0], expected)
