@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import n2ngraph as ng
 from n2ngraph.images import self_ensemble
+from n2ngraph.train import evaluate
+
+from helpers import ROOT
 
 
 def _orientations(x):
@@ -42,3 +46,15 @@ def test_the_ensemble_averages_what_the_map_says_in_each_orientation():
     # twice out of eight: edges 1/4 each (corners twice that), the centre never
     expected = torch.tensor([[0.5, 0.25, 0.5], [0.25, 0.0, 0.25], [0.5, 0.25, 0.5]], dtype=torch.float64)
     torch.testing.assert_close(self_ensemble(corner, x)[0, 0], expected)
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 16])
+def test_validation_in_uneven_chunks_runs_one_plan_and_loses_no_crop(chunk):
+    model = ng.compile(ng.load_spec(ROOT / "specs" / "noise2noise.yaml"), None, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    noisy = torch.randint(0, 256, (16, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    clean = torch.randint(0, 256, (16, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    whole = evaluate(model, noisy, clean, dtype=torch.float64, chunk=16)
+    before = len(model.compilations)
+    assert evaluate(model, noisy, clean, dtype=torch.float64, chunk=chunk) == pytest.approx(whole, rel=1e-12)
+    assert len(model.compilations) - before == (0 if chunk == 16 else 1)  # one plan, every chunk
