@@ -138,6 +138,15 @@ CASES = [
          {"x": (1, 3, 6, 5)}, conv_oracle),
     Case("conv2d-k2-pad3-output", Conv2d(2, 2, 2, padding=3, unfold="output"),
          {"x": (1, 2, 3, 2)}, conv_oracle),
+    Case("conv2d-k3-pad1-none", Conv2d(3, 2, 3, padding=1, unfold="none"),
+         {"x": (3, 3, 5, 4)}, conv_oracle),
+    Case("conv2d-k3-pad2-dil2-none-nobias",
+         Conv2d(2, 3, 3, padding=2, dilation=2, bias=False, unfold="none"),
+         {"x": (2, 2, 6, 5)}, conv_oracle),
+    Case("conv2d-k2-pad0-none", Conv2d(2, 2, 2, unfold="none"), {"x": (2, 2, 4, 3)}, conv_oracle),
+    # padding beyond the kernel's reach: no mirror conv, the input gradient is col2im
+    Case("conv2d-k2-pad3-none", Conv2d(2, 2, 2, padding=3, unfold="none"),
+         {"x": (1, 2, 3, 2)}, conv_oracle),
     Case("convT-k3-stride2-pad1-outpad1", ConvTranspose2d(2, 3, 3, stride=2, padding=1,
          output_padding=1), {"x": (2, 2, 4, 3)}, conv_transpose_oracle),
     Case("convT-k2-stride2-nobias", ConvTranspose2d(3, 2, 2, stride=2, bias=False),
@@ -154,6 +163,8 @@ CASES = [
          {"x": (1, 2, 2, 3)}, upsample_conv_oracle),
     Case("upsample_conv2d-output", UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output")),
          {"x": (2, 2, 3, 1)}, upsample_conv_oracle),
+    Case("upsample_conv2d-none", UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="none")),
+         {"x": (2, 2, 3, 2)}, upsample_conv_oracle),
     Case("upsample-x1", UpsampleNearest(1), {"x": (1, 2, 3, 2)}, upsample_oracle, exact=True),
     Case("upsample-x2", UpsampleNearest(2), {"x": (2, 3, 3, 4)}, upsample_oracle, exact=True),
     Case("upsample-x3", UpsampleNearest(3), {"x": (1, 2, 2, 3)}, upsample_oracle, exact=True),
@@ -364,7 +375,7 @@ def conv_configs(draw):
                 kernel=draw(st.integers(1, 4)), stride=draw(st.integers(1, 3)),
                 padding=draw(st.integers(0, 2)), dilation=draw(st.integers(1, 3)),
                 bias=draw(st.booleans()))
-    sides = ["auto", "input"] + (["output"] if op.stride == 1 else [])
+    sides = ["auto", "input"] + (["output", "none"] if op.stride == 1 else [])
     op = attrs.evolve(op, unfold=draw(st.sampled_from(sides)))
     x = (draw(st.integers(1, 3)), op.in_channels, draw(st.integers(1, 9)), draw(st.integers(1, 9)))
     return op, x
@@ -720,8 +731,9 @@ def test_seed_fills_ones(shape, dtype):
     assert torch.equal(got, torch.ones(shape, dtype=dtype))
 
 
-def test_conv2d_output_side_needs_stride_1():
-    op = Conv2d(2, 2, 3, stride=2, unfold="output")
+@pytest.mark.parametrize("side", ["output", "none"])
+def test_conv2d_output_and_no_unfold_need_stride_1(side):
+    op = Conv2d(2, 2, 3, stride=2, unfold=side)
     assert _spec_error(op.infer, x=(1, 2, 8, 8), **op.params()).field == "unfold"
 
 
@@ -731,12 +743,22 @@ def test_conv2d_auto_unfolds_the_output_side_where_the_conv_narrows():
     kernels = ("forward", "grad_x", "grad_weight")
     assert {narrowing.side(k) for k in kernels} == {"output"}
     assert {square.side(k) for k in kernels} == {widening.side(k) for k in kernels} == {"input"}
-    assert Conv2d(64, 32, 3, padding=1).side("forward") == "output"
-    assert Conv2d(67, 64, 3, padding=1).side("forward") == "input"
+    assert Conv2d(64, 3, 3, padding=1).side("forward") == "output"
     strided = Conv2d(24, 3, 3, stride=2, padding=1)
     assert {strided.side(k) for k in kernels} == {"input"}
     forced = Conv2d(24, 3, 3, padding=1, unfold="input")
     assert forced.side("forward") == forced.side("grad_x") == "input"
+
+
+def test_conv2d_auto_skips_the_unfold_where_both_sides_are_wide():
+    kernels = ("forward", "grad_x", "grad_weight")
+    for wide in (Conv2d(67, 64, 3, padding=1), Conv2d(64, 32, 3, padding=1),
+                 Conv2d(32, 32, 3, padding=1)):
+        assert {wide.side(k) for k in kernels} == {"none"}
+    assert Conv2d(32, 32, 3, stride=2, padding=1).side("forward") == "input"
+    assert Conv2d(3, 32, 3, padding=1).side("forward") == "input"
+    beyond = Conv2d(32, 32, 2, padding=3)  # padding beyond the reach: no mirror conv
+    assert (beyond.side("forward"), beyond.side("grad_x")) == ("none", "input")
 
 
 @pytest.mark.parametrize("conv", [Conv2d(2, 2, 5, padding=2), Conv2d(2, 2, 3, padding=1, stride=2),
@@ -758,6 +780,21 @@ def test_conv2d_in_small_tiles_matches_autograd(config, tile_columns, seed):
     op, x_shape = config
     with mock.patch.object(conv2d, "TILE_COLUMNS", tile_columns):
         _check_conv_against_autograd(attrs.evolve(op, unfold="input"), x_shape, seed)
+
+
+@HYPOTHESIS
+@given(conv_configs(), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_conv2d_without_unfold_in_small_tiles_matches_autograd(config, tile_columns, seed):
+    """The no-unfold side's tiles (whole samples of the padded grid, or row blocks of
+    one sample) give the same numbers as torch whatever the tile size."""
+    from unittest import mock
+
+    from n2ngraph.ops import conv2d
+
+    op, x_shape = config
+    assume(op.stride == 1)
+    with mock.patch.object(conv2d, "TAP_TILE_COLUMNS", tile_columns):
+        _check_conv_against_autograd(attrs.evolve(op, unfold="none"), x_shape, seed)
 
 
 @pytest.mark.parametrize(("n", "ho", "wo", "columns"), [(5, 3, 3, 20), (2, 7, 3, 7), (1, 1, 1, 4)])

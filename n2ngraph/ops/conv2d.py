@@ -22,12 +22,25 @@ computes every tap at once, and the k*k shifts move to the small side:
                  (a correlation of gy with the flipped kernel: no col2im)
     grad weight  gW^T = x^T(C, N*H*W) @ gycol^T
 
-The ``unfold`` attribute picks a side: ``input``, ``output`` (stride 1), or ``auto``:
-the output side where a stride-1 conv at least halves the channels (2*O <= C, like the
-seed net's 24 -> 3 output conv, whose three kernels it takes from 33 + 39 + 24 ms down
-to 2 + 2 + 3 ms at batch 64), the input side otherwise, where the tiles below keep the
-column matrix in cache. With stride 1 the input side's input gradient is itself a
-tiled forward: that of the mirror conv, the kernel flipped and transposed.
+no unfold (stride 1 only): the zero-padded input is laid out channel-major and flat,
+``xt`` (C, N*Hp*Wp), so that tap (a, b) of output pixel q reads ``xt[:, q + a*d*Wp + b*d]``:
+every tap is a plain GEMM on a shifted column window of ``xt``, with no copy at all. The
+output is computed on the padded grid's rows (Wp columns each, the last Wp - Wo of them
+thrown away), in tiles of about ``TAP_TILE_COLUMNS`` pixels:
+
+    forward      y^T  = sum over taps  W_tap(O, C) @ xt[:, shifted window]
+    grad weight  gW_tap = gy^T(O, pixels) @ xt[:, shifted window]^T, gy^T zero off the grid
+    grad input   the mirror conv's forward, on this side too
+
+The ``unfold`` attribute picks a side: ``input``, ``output`` (stride 1), ``none`` (stride
+1), or ``auto``, which for stride 1 takes no unfold where the per-tap GEMMs are wide
+enough (C and O >= ``TAP_MIN_CHANNELS``: the U-Net's 32- to 96-channel convs, where the
+im2col copy cost a third of the input side's time), else the output side where the conv
+at least halves the channels (2*O <= C, like the seed net's 24 -> 3 output conv, whose
+three kernels it takes from 33 + 39 + 24 ms down to 2 + 2 + 3 ms at batch 64), else the
+input side, where the tiles below keep the column matrix in cache. With stride 1 the
+input gradient is itself a tiled forward: that of the mirror conv, the kernel flipped
+and transposed.
 
 ``x^T``, ``y^T``, ``gy^T`` are channel-major (C, N*H*W), the layout the GEMMs want; the
 NCHW tensors the rest of the graph uses are one strided copy away.
@@ -48,7 +61,7 @@ import torch
 from ..errors import SpecError
 from .base import VJP, Op, Shape, attribute, check_rank, constant, register
 
-SIDES = ("auto", "input", "output")
+SIDES = ("auto", "input", "output", "none")
 
 
 @register
@@ -70,7 +83,7 @@ class Conv2d(Op):
     dilation: int = attribute(int, default=1, minimum=1)
     bias: bool = attribute(bool, default=True)
     unfold: str = attribute(str, default="auto", choices=SIDES,
-                            doc="which side the GEMMs unfold: input, output or auto")
+                            doc="which side the GEMMs unfold: input, output, none or auto")
 
     # ---- shapes ----------------------------------------------------------------
     def params(self) -> dict[str, Shape]:
@@ -93,8 +106,8 @@ class Conv2d(Op):
         if c != self.in_channels:
             raise SpecError(f"input has {c} channels, the node declares {self.in_channels}",
                             field="in_channels")
-        if self.unfold == "output" and self.stride != 1:
-            raise SpecError("unfold: output needs stride 1", field="unfold")
+        if self.unfold in ("output", "none") and self.stride != 1:
+            raise SpecError(f"unfold: {self.unfold} needs stride 1", field="unfold")
         ho, wo = self._out_size(h), self._out_size(w)
         if ho < 1 or wo < 1:
             raise SpecError(f"kernel {self.kernel} (dilation {self.dilation}) does not fit an "
@@ -102,12 +115,17 @@ class Conv2d(Op):
         return (n, self.out_channels, ho, wo)
 
     def side(self, kernel: str) -> str:
-        """The side ``kernel`` unfolds: the attribute, or for ``auto`` the cheaper one."""
-        if self.unfold != "auto":
-            return self.unfold
-        if self.stride != 1:
+        """The side ``kernel`` unfolds: the attribute, or for ``auto`` the cheaper one.
+        Without a mirror conv (padding beyond the kernel's reach) the input gradient of
+        the no-unfold side falls back to the input side's col2im."""
+        side = self.unfold
+        if side == "auto":
+            c, o = self.in_channels, self.out_channels
+            side = ("input" if self.stride != 1 else "none" if min(c, o) >= TAP_MIN_CHANNELS else
+                    "output" if 2 * o <= c else "input")
+        if side == "none" and kernel == "grad_x" and not self._mirrored():
             return "input"
-        return "output" if 2 * self.out_channels <= self.in_channels else "input"
+        return side
 
     def workspace(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
         n, c, h, w = shapes["x"]
@@ -115,7 +133,19 @@ class Conv2d(Op):
         k2 = self.kernel * self.kernel
         if kernel == "grad_bias":
             return {}
-        if self.side(kernel) == "output":
+        side = self.side(kernel)
+        if kernel == "grad_x" and side in ("input", "none") and self._mirrored():
+            own = _mirror_of(self, side).workspace("forward", {"x": shapes["out"], "out": shapes["x"]})
+            return {"w_flip": (c, o, self.kernel, self.kernel),
+                    **{f"mirror_{name}": shape for name, shape in own.items()}}
+        if side == "none":
+            hp, wp, _, tiles = self._shifts(shapes["x"], shapes["out"])
+            columns = max(t[-1] for t in tiles)
+            xt = {"xt": (c, n * hp * wp + (self.kernel - 1) * self.dilation)}
+            if kernel == "forward":
+                return {**xt, "w_taps": (k2, o, c), "yt": (o, columns)}
+            return {**xt, "gt": (o, n * hp * wp), "g_taps": (k2, o, c)}
+        if side == "output":
             x_t, gycol = (c, n * h * w), (o * k2, n * h * w)
             return {
                 "forward": {"x_t": x_t, "w_taps": (k2 * o, c), "taps": (k2 * o, n * h * w)},
@@ -129,11 +159,6 @@ class Conv2d(Op):
             return {"col": col, "yt": spread, **padded}
         if kernel == "grad_weight":
             return {"col": col, "gt": spread, **padded}
-        if self._mirrored():
-            mirror = _mirror_of(self)
-            own = mirror.workspace("forward", {"x": shapes["out"], "out": shapes["x"]})
-            return {"w_flip": (c, o, self.kernel, self.kernel),
-                    **{f"mirror_{name}": shape for name, shape in own.items()}}
         return {"gcol": col, "gt": spread, **padded}
 
     # ---- kernels: each one prepared once with its buffers, then only tensor ops ----
@@ -186,13 +211,7 @@ class Conv2d(Op):
         columns are added back onto the input positions they came from (k*k strided
         adds into the zero-padded gradient)."""
         if self._mirrored():
-            o, c, k = self.out_channels, self.in_channels, self.kernel
-            flip = constant(f"conv2d flip {o} {c} {k}", lambda: _flip_index(o, c, k),
-                            device=weight.device)
-            own = {name[len("mirror_"):]: t for name, t in ws.items() if name.startswith("mirror_")}
-            return _calls(functools.partial(torch.index_select, weight.view(-1), 0, flip,
-                                            out=ws["w_flip"].view(-1)),
-                          _mirror_of(self)._forward_input_side(grad, own, x=gout, weight=ws["w_flip"]))
+            return self._grad_x_mirrored("input", grad, ws, gout, weight)
         gpad = ws.get("xpad")
         target = grad if gpad is None else gpad
         w2d_t = weight.view(self.out_channels, -1).t()
@@ -209,6 +228,18 @@ class Conv2d(Op):
             calls.append(functools.partial(grad.copy_,
                                            gpad[:, :, p:p + grad.shape[2], p:p + grad.shape[3]]))
         return _calls(*calls)
+
+    def _grad_x_mirrored(self, side, grad, ws, gout, weight):
+        """The forward of the mirror conv on ``side``: gy correlated with the kernel
+        flipped and transposed."""
+        o, c, k = self.out_channels, self.in_channels, self.kernel
+        flip = constant(f"conv2d flip {o} {c} {k}", lambda: _flip_index(o, c, k),
+                        device=weight.device)
+        own = {name[len("mirror_"):]: t for name, t in ws.items() if name.startswith("mirror_")}
+        forward = getattr(_mirror_of(self, side), f"_forward_{side}_side")
+        return _calls(functools.partial(torch.index_select, weight.view(-1), 0, flip,
+                                        out=ws["w_flip"].view(-1)),
+                      forward(grad, own, x=gout, weight=ws["w_flip"]))
 
     def _padded(self, x, xpad) -> tuple[torch.Tensor, list]:
         """The input as the windows read it, and the calls that zero-pad it, if any."""
@@ -295,6 +326,71 @@ class Conv2d(Op):
             calls.extend(_zeros_outside(plane, xr, xc))
         return _calls(*calls)
 
+    # ---- no unfold: shifted windows of the flat padded input -------------------
+    def _forward_none_side(self, out, ws, x, weight, bias=None):
+        xt, w_taps, yt = ws["xt"], ws["w_taps"], ws["yt"]
+        o, c, k2 = self.out_channels, self.in_channels, self.kernel * self.kernel
+        hp, wp, offsets, tiles = self._shifts(x.shape, out.shape)
+        wo = out.shape[3]
+        calls = [*self._flat_padded(x, xt, hp, wp),
+                 functools.partial(w_taps.copy_, weight.view(o, c, k2).permute(2, 0, 1))]
+        for n0, n1, r0, r1, start, columns in tiles:
+            y = yt.view(-1)[:o * columns].view(o, columns)
+            windows = [xt[:, start + off:start + off + columns] for off in offsets]
+            calls.append(functools.partial(torch.mm, w_taps[0], windows[0], out=y) if bias is None
+                         else functools.partial(torch.addmm, bias.view(-1, 1), w_taps[0], windows[0],
+                                                out=y))
+            calls += [functools.partial(y.addmm_, w_taps[t], windows[t]) for t in range(1, k2)]
+            grid = y.as_strided((n1 - n0, o, r1 - r0, wo), (hp * wp, columns, wp, 1), y.storage_offset())
+            calls.append(functools.partial(out[n0:n1, :, r0:r1, :].copy_, grid))
+        return _calls(*calls)
+
+    def _grad_weight_none_side(self, grad, ws, gout, x):
+        xt, gt, g_taps = ws["xt"], ws["gt"], ws["g_taps"]
+        o, c, k2 = self.out_channels, self.in_channels, self.kernel * self.kernel
+        n, _, ho, wo = gout.shape
+        hp, wp, offsets, tiles = self._shifts(x.shape, gout.shape)
+        grid = gt.view(o, n, hp, wp)  # gy on the padded grid, zero where no output is
+        calls = [*self._flat_padded(x, xt, hp, wp),
+                 functools.partial(grid[:, :, :ho, :wo].copy_, gout.transpose(0, 1)),
+                 *_zeros_outside(grid, (0, ho), (0, wo))]
+        for i, (*_, start, columns) in enumerate(tiles):
+            g = gt[:, start:start + columns]
+            for t, off in enumerate(offsets):
+                window = xt[:, start + off:start + off + columns].t()
+                calls.append(functools.partial(torch.mm, g, window, out=g_taps[t]) if i == 0 else
+                             functools.partial(g_taps[t].addmm_, g, window))
+        calls.append(functools.partial(grad.view(o, c, k2).copy_, g_taps.permute(1, 2, 0)))
+        return _calls(*calls)
+
+    def _grad_x_none_side(self, grad, ws, gout, weight):
+        return self._grad_x_mirrored("none", grad, ws, gout, weight)
+
+    def _shifts(self, x_shape, out_shape):
+        """The padded map's (Hp, Wp); each tap's offset in the flat padded map; and the
+        tiles (n0, n1, r0, r1, start, columns): the flat pixels [start, start + columns)
+        of the padded grid that cover those output rows (all rows of each sample but
+        the last one's below Ho)."""
+        n, _, h, w = x_shape
+        ho = out_shape[2]
+        k, d, p = self.kernel, self.dilation, self.padding
+        hp, wp = h + 2 * p, w + 2 * p
+        offsets = [a * d * wp + b * d for a in range(k) for b in range(k)]
+        tiles = [(n0, n1, r0, r1, (n0 * hp + r0) * wp, ((n1 - n0 - 1) * hp + r1 - r0) * wp)
+                 for n0, n1, r0, r1 in _tiles(n, ho, wp, TAP_TILE_COLUMNS)]
+        return hp, wp, offsets, tiles
+
+    def _flat_padded(self, x, xt, hp, wp) -> list:
+        """Calls that write x, zero-padded, into the flat channel-major ``xt``; the
+        columns past the last sample are what the last taps read beyond it: zeros."""
+        n, c, h, w = x.shape
+        p = self.padding
+        grid = xt[:, :n * hp * wp].view(c, n, hp, wp)
+        tail = xt[:, n * hp * wp:]
+        return [functools.partial(grid[:, :, p:p + h, p:p + w].copy_, x.transpose(0, 1)),
+                *_zeros_outside(grid, (p, p + h), (p, p + w)),
+                *([tail.zero_] if tail.shape[1] else [])]
+
     # ---- the input side's windows ----------------------------------------------
     def _windows(self, padded: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
         """A strided view (C, k, k, N, Ho, Wo) of every input window; no copy."""
@@ -329,12 +425,12 @@ def _calls(*calls):
 
 
 @functools.lru_cache(maxsize=None)
-def _mirror_of(conv: Conv2d) -> Conv2d:
+def _mirror_of(conv: Conv2d, side: str = "input") -> Conv2d:
     """For stride 1: the conv whose forward, with the kernel flipped and transposed,
-    maps the output gradient to the input gradient."""
+    maps the output gradient to the input gradient, unfolding ``side``."""
     reach = (conv.kernel - 1) * conv.dilation
     return Conv2d(conv.out_channels, conv.in_channels, conv.kernel, padding=reach - conv.padding,
-                  dilation=conv.dilation, bias=False, unfold="input")
+                  dilation=conv.dilation, bias=False, unfold=side)
 
 
 def _flip_index(o: int, c: int, k: int) -> torch.Tensor:
@@ -349,13 +445,28 @@ U-Net conv (67 -> 64 channels, 16 x 64 x 64 pixels, one thread) the forward took
 untiled (56 ms of it the im2col copy) and 56 ms in tiles of 1,024 columns."""
 
 
-def _tiles(n: int, ho: int, wo: int) -> list[tuple[int, int, int, int]]:
-    """(n0, n1, r0, r1): whole samples while a sample has fewer than TILE_COLUMNS
-    pixels, else blocks of output rows within one sample."""
-    if ho * wo < TILE_COLUMNS:
-        step = TILE_COLUMNS // (ho * wo)
+TAP_TILE_COLUMNS = 2048
+"""Padded-grid pixels per tile of the no-unfold side: its nine GEMMs reread one tile
+of ``xt`` (C rows) and accumulate into one of ``yt`` (O rows), both kept in cache."""
+
+TAP_MIN_CHANNELS = 32
+"""``auto`` skips the unfold where both channel counts reach this: each tap's GEMM, with
+C-long dot products (K = C instead of C*k*k) and O outputs, is then still fast enough
+that saving the im2col copy wins. Measured per conv (forward + both gradients, one
+thread, batch 4, the input side's time -> no unfold's): U-Net 67 -> 64 at 64x64
+45.0 -> 37.6 ms, 96 -> 64 at 32x32 16.6 -> 12.0, 64 -> 32 at 64x64 25.4 -> 19.8 (the
+output side: 29.7), 32 -> 32 at 64x64 12.4 -> 10.8; at 24 channels (the seed net, 16x16)
+the weight gradient's 24 x 24 GEMMs lose and the two sides tie."""
+
+
+def _tiles(n: int, ho: int, wo: int, columns: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, r0, r1): whole samples while a sample has fewer than ``columns``
+    (default TILE_COLUMNS) pixels, else blocks of output rows within one sample."""
+    columns = TILE_COLUMNS if columns is None else columns
+    if ho * wo < columns:
+        step = columns // (ho * wo)
         return [(i, min(i + step, n), 0, ho) for i in range(0, n, step)]
-    rows = max(1, TILE_COLUMNS // wo)
+    rows = max(1, columns // wo)
     return [(i, i + 1, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
 
 
