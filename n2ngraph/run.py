@@ -480,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

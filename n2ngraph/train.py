@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -172,6 +174,36 @@ def evaluate(model, noisy: torch.Tensor, clean: torch.Tensor, *, device="cpu",
     return psnr(noisy.to(torch.float64) / 255, reference), psnr(out, reference)
 
 
+class StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, a job scheduler) ask the training loop to
+    stop after the step in progress, which then saves a checkpoint that resumes
+    bit-identically. Raising in the middle of a step instead could leave the parameters
+    half updated. A second Ctrl-C interrupts at once. A signal the process was started
+    to ignore (SIGINT under ``nohup ... &``) stays ignored."""
+
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = self.SIGNALS[signum]
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
 class Run:
     """One training run in its directory; ``train()`` continues from wherever it is."""
 
@@ -231,7 +263,17 @@ class Run:
     # ---- the loop --------------------------------------------------------------
     def train(self, data: Data, *, max_steps: int | None = None, progress: bool = True) -> bool:
         """Trains to the configured epoch count; returns False if stopped early
-        (``max_steps`` reached or Ctrl-C), after saving a resumable checkpoint."""
+        (``max_steps`` reached, Ctrl-C or SIGTERM), after saving a resumable checkpoint."""
+        with StopRequests() as stop:
+            return self._train(data, max_steps, progress, stop)
+
+    def _stop(self, why: str) -> bool:
+        self.save("last.safetensors")
+        self.log(f"{why}: saved {self.dir / 'last.safetensors'} at epoch {self.epoch + 1}, "
+                 f"step {self.step}; continue with --resume {self.dir}")
+        return False
+
+    def _train(self, data: Data, max_steps: int | None, progress: bool, stop: "StopRequests") -> bool:
         from tqdm import tqdm
 
         c = self.config
@@ -245,7 +287,7 @@ class Run:
             started = time.perf_counter()
             bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{c.epochs}",
                        unit="step", disable=not progress, leave=False, dynamic_ncols=True)
-            try:
+            with bar:
                 for batch_a, batch_b in stream:
                     x = to_float(batch_a, c.device, self.dtype)
                     t = to_float(batch_b, c.device, self.dtype)
@@ -262,15 +304,12 @@ class Run:
                         bar.set_postfix(loss=f"{self.running[0] / self.running[1]:.5f}",
                                         samples_s=f"{rate * c.batch:,.0f}")
                     steps_done += 1
+                    if stop.requested:
+                        bar.close()
+                        return self._stop(f"stopped by {stop.requested}")
                     if max_steps is not None and steps_done >= max_steps:
                         self.save("last.safetensors")
                         return False
-            except KeyboardInterrupt:
-                bar.close()
-                self.save("last.safetensors")
-                self.log(f"interrupted: saved {self.dir / 'last.safetensors'}; continue with --resume {self.dir}")
-                return False
-            bar.close()
             seconds = time.perf_counter() - started
             input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
                                                device=c.device, dtype=self.dtype)
@@ -289,4 +328,6 @@ class Run:
                 self.best = output_psnr
                 self.save("best.safetensors")
             self.save("last.safetensors")
+            if stop.requested and self.epoch < c.epochs:
+                return self._stop(f"stopped by {stop.requested}")
         return True

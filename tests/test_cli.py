@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import torch
 
 from n2ngraph import data as datasets
 from n2ngraph.checkpoint import load_checkpoint
+from n2ngraph.program import Program
 from n2ngraph.run import main
 
 from helpers import ROOT
@@ -55,6 +58,32 @@ def test_an_interrupted_run_resumes_bit_identically(trained, tmp_path):
         assert torch.equal(resumed[name], value), name
     column = [r.split(",")[1] for r in (trained / "metrics.csv").read_text().splitlines()]
     assert column == [r.split(",")[1] for r in (run / "metrics.csv").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_stops_after_the_step_and_resumes_bit_identically(trained, tmp_path, monkeypatch,
+                                                                   capsys, signum):
+    steps = []
+    original = Program.train_step
+
+    def step_then_signal(self, *inputs):
+        loss = original(self, *inputs)
+        steps.append(loss)
+        if len(steps) == 3:  # arrives in the middle of the loop, as a kill would
+            os.kill(os.getpid(), signum)
+        return loss
+
+    run = tmp_path / "killed"
+    with monkeypatch.context() as patched:
+        patched.setattr(Program, "train_step", step_then_signal)
+        assert _train(run) == 0
+    _, _, state, _ = load_checkpoint(run / "last.safetensors")
+    assert (state["epoch"], state["step"]) == (0, 3)
+    assert "continue with --resume" in capsys.readouterr().out
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    expected, _, _, _ = load_checkpoint(trained / "last.safetensors")
+    resumed, _, _, _ = load_checkpoint(run / "last.safetensors")
+    assert all(torch.equal(resumed[name], value) for name, value in expected.items())
 
 
 def test_momentum_state_survives_a_resume(tmp_path):
