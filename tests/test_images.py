@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph.images import self_ensemble
+from n2ngraph.images import denoise, denoise_float, self_ensemble
 from n2ngraph.train import evaluate
 
 from helpers import ROOT
@@ -58,3 +58,42 @@ def test_validation_in_uneven_chunks_runs_one_plan_and_loses_no_crop(chunk):
     before = len(model.compilations)
     assert evaluate(model, noisy, clean, dtype=torch.float64, chunk=chunk) == pytest.approx(whole, rel=1e-12)
     assert len(model.compilations) - before == (0 if chunk == 16 else 1)  # one plan, every chunk
+
+
+def _seed_net():
+    spec = ng.load_spec(ROOT / "specs" / "noise2noise.yaml")
+    return spec, ng.compile(spec, None, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("size", [(70, 130), (150, 40), (96, 96)], ids=str)
+def test_a_large_photo_in_tiles_is_the_whole_photo_away_from_its_border(size):
+    """The seed net reads about 11 pixels around each output: with 16 pixels of margin a
+    tile's pixels are computed from exactly what the whole photo would give them; only
+    within the margin of the photo's own border do mirrored surroundings differ from the
+    network's zero padding."""
+    spec, model = _seed_net()
+    x = torch.rand(1, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    whole = denoise_float(model, spec, x, tile=None)
+    before = len(model.compilations)
+    tiled = denoise_float(model, spec, x, tile=32, margin=16)
+    assert len(model.compilations) - before == 1  # every window the same size: one plan
+    assert tiled.shape == x.shape
+    torch.testing.assert_close(tiled[:, :, 16:-16, 16:-16], whole[:, :, 16:-16, 16:-16],
+                               rtol=0, atol=1e-12)
+    assert (tiled - whole).abs().max() < 0.1
+
+
+def test_a_photo_within_one_window_is_not_tiled():
+    spec, model = _seed_net()
+    x = torch.rand(2, 3, 20, 28, dtype=torch.float64)
+    torch.testing.assert_close(denoise_float(model, spec, x, tile=8, margin=8),
+                               denoise_float(model, spec, x, tile=None), rtol=0, atol=0)
+
+
+def test_denoise_rounds_the_tiled_result_to_eight_bits():
+    spec, model = _seed_net()
+    photo = torch.randint(0, 256, (1, 3, 85, 67), dtype=torch.uint8)
+    out = denoise(model, spec, photo, dtype=torch.float64, tile=32, margin=16)
+    assert out.dtype == torch.uint8 and out.shape == photo.shape
+    expected = denoise_float(model, spec, photo.double() / 255, tile=32, margin=16)
+    assert torch.equal(out, (expected.clamp(0, 1) * 255).round().to(torch.uint8))
