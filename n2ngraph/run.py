@@ -285,7 +285,11 @@ def do_eval(args) -> int:
     if source and Path(source).is_dir():
         photos = datasets.load_folder(source)
         before, after = [], []
-        for i, (name, clean) in enumerate(sorted(photos.items())):
+        from tqdm import tqdm
+
+        listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
+                      disable=args.no_progress, dynamic_ncols=True)
+        for i, (name, clean) in enumerate(listed):
             noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
             out = denoise(model, spec, noisy, device=model.device, dtype=dtype,
                           ensemble=args.ensemble)
