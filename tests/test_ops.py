@@ -783,6 +783,21 @@ def test_conv2d_in_small_tiles_matches_autograd(config, tile_columns, seed):
 
 
 @HYPOTHESIS
+@given(conv_configs(), st.sampled_from([0, 2**62]), st.integers(0, 2**31 - 1))
+def test_conv2d_output_side_zeroes_whole_or_in_strips_alike(config, below, seed):
+    """The output side's gathered gradient, zeroed whole before the taps are copied in
+    or only where no tap writes, gives torch's numbers either way."""
+    from unittest import mock
+
+    from n2ngraph.ops import conv2d
+
+    op, x_shape = config
+    assume(op.stride == 1)
+    with mock.patch.object(conv2d, "ZERO_WHOLE_BELOW", below):
+        _check_conv_against_autograd(attrs.evolve(op, unfold="output"), x_shape, seed)
+
+
+@HYPOTHESIS
 @given(conv_configs(), st.integers(1, 40), st.integers(0, 2**31 - 1))
 def test_conv2d_without_unfold_in_small_tiles_matches_autograd(config, tile_columns, seed):
     """The no-unfold side's tiles (whole samples of the padded grid, or row blocks of
