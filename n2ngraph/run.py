@@ -271,6 +271,8 @@ def do_resume(args) -> int:
 
 
 def do_eval(args) -> int:
+    from tqdm import tqdm
+
     from . import data as datasets
     from .images import denoise
     from .metrics import psnr
@@ -285,8 +287,6 @@ def do_eval(args) -> int:
     if source and Path(source).is_dir():
         photos = datasets.load_folder(source)
         before, after = [], []
-        from tqdm import tqdm
-
         listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
                       disable=args.no_progress, dynamic_ncols=True)
         for i, (name, clean) in enumerate(listed):
