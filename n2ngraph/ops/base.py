@@ -85,6 +85,18 @@ class Op:
         return self.name + (" " + " ".join(parts) if parts else "")
 
 
+def in_order(*calls: Callable[[], None]) -> Callable[[], None]:
+    """One call that makes the given calls in order: what ``prepare`` returns for a
+    kernel made of several tensor ops."""
+    if len(calls) == 1:
+        return calls[0]
+
+    def run():
+        for call in calls:
+            call()
+    return run
+
+
 OPS: dict[str, type[Op]] = {}
 
 

@@ -59,7 +59,7 @@ import attrs
 import torch
 
 from ..errors import SpecError
-from .base import VJP, Op, Shape, attribute, check_rank, constant, register
+from .base import VJP, Op, Shape, attribute, check_rank, constant, in_order, register
 
 SIDES = ("auto", "input", "output", "none")
 
@@ -189,7 +189,7 @@ class Conv2d(Op):
                     functools.partial(torch.addmm, bias.view(-1, 1), w2d, col, out=yt))
             calls += [functools.partial(col.view(windows.shape).copy_, windows), gemm,
                       _from_channel_major(yt, out[n0:n1, :, r0:r1, :])]
-        return _calls(*calls)
+        return in_order(*calls)
 
     def _grad_weight_input_side(self, grad, ws, gout, x):
         g2d = grad.view(self.out_channels, -1)
@@ -200,7 +200,7 @@ class Conv2d(Op):
                       _channel_major(gout[n0:n1, :, r0:r1, :], gt),
                       functools.partial(torch.mm, gt, col.t(), out=g2d) if i == 0 else
                       functools.partial(g2d.addmm_, gt, col.t())]
-        return _calls(*calls)
+        return in_order(*calls)
 
     def _mirrored(self) -> bool:
         return self.stride == 1 and self.padding <= (self.kernel - 1) * self.dilation
@@ -227,7 +227,7 @@ class Conv2d(Op):
             p = self.padding
             calls.append(functools.partial(grad.copy_,
                                            gpad[:, :, p:p + grad.shape[2], p:p + grad.shape[3]]))
-        return _calls(*calls)
+        return in_order(*calls)
 
     def _grad_x_mirrored(self, side, grad, ws, gout, weight):
         """The forward of the mirror conv on ``side``: gy correlated with the kernel
@@ -237,7 +237,7 @@ class Conv2d(Op):
                         device=weight.device)
         own = {name[len("mirror_"):]: t for name, t in ws.items() if name.startswith("mirror_")}
         forward = getattr(_mirror_of(self, side), f"_forward_{side}_side")
-        return _calls(functools.partial(torch.index_select, weight.view(-1), 0, flip,
+        return in_order(functools.partial(torch.index_select, weight.view(-1), 0, flip,
                                         out=ws["w_flip"].view(-1)),
                       forward(grad, own, x=gout, weight=ws["w_flip"]))
 
@@ -275,7 +275,7 @@ class Conv2d(Op):
                         for _, (yr, _), (yc, _) in self._taps(h, w, y.shape[2], y.shape[3]) if yr and yc]
         sources = [each[tap, :, :, xr[0]:xr[1], xc[0]:xc[1]]
                    for tap, (yr, xr), (yc, xc) in self._taps(h, w, y.shape[2], y.shape[3]) if yr and yc]
-        return _calls(_channel_major(x, x_t),
+        return in_order(_channel_major(x, x_t),
                       functools.partial(w_taps.view(k2, o, c).copy_,
                                         weight.view(o, c, k2).permute(2, 0, 1)),
                       functools.partial(torch.mm, w_taps, x_t, out=taps),  # every tap, unshifted
@@ -284,7 +284,7 @@ class Conv2d(Op):
     def _grad_x_output_side(self, grad, ws, gout, weight):
         gycol, w_t, gx_t = ws["gycol"], ws["w_t"], ws["gx_t"]
         o, c, k = self.out_channels, self.in_channels, self.kernel
-        return _calls(self._gather_gout(gout, gycol, grad.shape),
+        return in_order(self._gather_gout(gout, gycol, grad.shape),
                       functools.partial(w_t.view(c, o, k * k).copy_,
                                         weight.view(o, c, k * k).transpose(0, 1)),
                       functools.partial(torch.mm, w_t, gycol, out=gx_t),
@@ -293,7 +293,7 @@ class Conv2d(Op):
     def _grad_weight_output_side(self, grad, ws, gout, x):
         gycol, x_t, gw_t = ws["gycol"], ws["x_t"], ws["gw_t"]
         o, c, k = self.out_channels, self.in_channels, self.kernel
-        return _calls(self._gather_gout(gout, gycol, x.shape), _channel_major(x, x_t),
+        return in_order(self._gather_gout(gout, gycol, x.shape), _channel_major(x, x_t),
                       functools.partial(torch.mm, x_t, gycol.t(), out=gw_t),  # (C, O*k*k)
                       functools.partial(grad.view(o, c, k * k).copy_,
                                         gw_t.view(c, o, k * k).transpose(0, 1)))
@@ -325,7 +325,7 @@ class Conv2d(Op):
             calls.append(functools.partial(plane[:, :, xr[0]:xr[1], xc[0]:xc[1]].copy_,
                                            gy[:, :, yr[0]:yr[1], yc[0]:yc[1]]))
             calls.extend([] if whole else _zeros_outside(plane, xr, xc))
-        return _calls(*calls)
+        return in_order(*calls)
 
     # ---- no unfold: shifted windows of the flat padded input -------------------
     def _forward_none_side(self, out, ws, x, weight, bias=None):
@@ -344,7 +344,7 @@ class Conv2d(Op):
             calls += [functools.partial(y.addmm_, w_taps[t], windows[t]) for t in range(1, k2)]
             grid = y.as_strided((n1 - n0, o, r1 - r0, wo), (hp * wp, columns, wp, 1), y.storage_offset())
             calls.append(functools.partial(out[n0:n1, :, r0:r1, :].copy_, grid))
-        return _calls(*calls)
+        return in_order(*calls)
 
     def _grad_weight_none_side(self, grad, ws, gout, x):
         xt, gt, g_taps = ws["xt"], ws["gt"], ws["g_taps"]
@@ -362,7 +362,7 @@ class Conv2d(Op):
                 calls.append(functools.partial(torch.mm, g, window, out=g_taps[t]) if i == 0 else
                              functools.partial(g_taps[t].addmm_, g, window))
         calls.append(functools.partial(grad.view(o, c, k2).copy_, g_taps.permute(1, 2, 0)))
-        return _calls(*calls)
+        return in_order(*calls)
 
     def _grad_x_none_side(self, grad, ws, gout, weight):
         return self._grad_x_mirrored("none", grad, ws, gout, weight)
@@ -412,17 +412,6 @@ def _from_channel_major(t: torch.Tensor, into: torch.Tensor):
     """(C, N*H*W) -> (N, C, H, W), any strides."""
     n, c, h, w = into.shape
     return functools.partial(into.copy_, t.view(c, n, h, w).transpose(0, 1))
-
-
-def _calls(*calls):
-    """One call that makes the given calls in order."""
-    if len(calls) == 1:
-        return calls[0]
-
-    def run():
-        for call in calls:
-            call()
-    return run
 
 
 @functools.lru_cache(maxsize=None)

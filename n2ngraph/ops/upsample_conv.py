@@ -27,8 +27,8 @@ import attrs
 import torch
 
 from ..errors import SpecError
-from .base import VJP, Op, Shape, check_rank, constant
-from .conv2d import Conv2d, _calls
+from .base import VJP, Op, Shape, check_rank, constant, in_order
+from .conv2d import Conv2d
 
 # ROWS[r][alpha]: the 3x3 kernel rows that phase r's 2x2 tap alpha adds up
 ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
@@ -134,7 +134,7 @@ class UpsampleConv2d(Op):
         conv, own, xpad, w_phase = _phase_conv(self.conv), _own(ws), ws["xpad"], ws["w_phase"]
         phases = [conv.prepare("forward", _phase_out(out, r, s), own, x=_phase_in(xpad, r, s),
                                weight=w_phase[p], bias=bias) for p, (r, s) in enumerate(PHASES)]
-        return _calls(*_pad(x, xpad), self._phase_weights(weight, w_phase), *phases)
+        return in_order(*_pad(x, xpad), self._phase_weights(weight, w_phase), *phases)
 
     def _prepare_grad_x(self, grad, ws, gout, weight):
         conv, own, w_phase = _phase_conv(self.conv), _own(ws), ws["w_phase"]
@@ -146,7 +146,7 @@ class UpsampleConv2d(Op):
             calls.append(functools.partial(_phase_in(gxpad, r, s).add_, gx_phase))
         h, w = grad.shape[2:]
         calls.append(functools.partial(grad.copy_, gxpad[:, :, 1:h + 1, 1:w + 1]))
-        return _calls(*calls)
+        return in_order(*calls)
 
     def _prepare_grad_weight(self, grad, ws, gout, x):
         conv, own, xpad = _phase_conv(self.conv), _own(ws), ws["xpad"]
@@ -154,7 +154,7 @@ class UpsampleConv2d(Op):
         o, c = self.conv.out_channels, self.conv.in_channels
         phases = [conv.prepare("grad_weight", gw_phase[p], own, gout=_phase_out(gout, r, s),
                                x=_phase_in(xpad, r, s)) for p, (r, s) in enumerate(PHASES)]
-        return _calls(*_pad(x, xpad), *phases,
+        return in_order(*_pad(x, xpad), *phases,
                       functools.partial(torch.matmul, gw_phase.view(4, o * c, 4),
                                         taps_matrix(grad), out=gw_taps),
                       functools.partial(torch.sum, gw_taps, dim=0, out=grad.view(o * c, 9)))
