@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import attrs
-import torch
 
 from ..errors import SpecError
-from .base import VJP, Op, Shape, attribute, check_rank, register
+from .base import VJP, Op, Shape, attribute, check_rank, in_order, register
 
 
 @register
@@ -93,38 +94,47 @@ class Pad(Op):
             return {"fold": (n, c, h, shapes["out"][3])}  # row gradients folded, full width
         return {}
 
-    def _sources(self, x: torch.Tensor, out: torch.Tensor):
+    # ---- kernels: the copies and adds bound once, at compile time ----------------
+    def prepare(self, kernel, result, ws, /, **tensors):
+        return getattr(self, f"_prepare_{kernel}")(result, ws, **tensors)
+
+    def forward(self, out, ws, x):
+        self.prepare("forward", out, ws, x=x)()
+
+    def grad_x(self, grad, ws, gout):
+        self.prepare("grad_x", grad, ws, gout=gout)()
+
+    def _sources(self, small: Shape, big: Shape):
         """(padded row, its source row) and (padded column, its source column) pairs."""
-        (h, w), (ph, pw) = x.shape[2:], out.shape[2:]
+        (h, w), (ph, pw) = small[2:], big[2:]
         return ([(i, reflected(i, h)) for i in range(h, ph)],
                 [(j, reflected(j, w)) for j in range(w, pw)])
 
-    def forward(self, out, ws, x):
+    def _prepare_forward(self, out, ws, x):
         h, w = x.shape[2:]
-        out[:, :, :h, :w].copy_(x)
+        calls = [functools.partial(out[:, :, :h, :w].copy_, x)]
         if self.mode == "zeros":
-            out[:, :, h:].zero_()
-            out[:, :, :h, w:].zero_()
-            return
-        rows, columns = self._sources(x, out)
-        for j, source in columns:  # columns first, then whole rows, corners included
-            out[:, :, :h, j].copy_(x[:, :, :, source])
-        for i, source in rows:
-            out[:, :, i].copy_(out[:, :, source])
+            return in_order(*calls, out[:, :, h:].zero_, out[:, :, :h, w:].zero_)
+        rows, columns = self._sources(x.shape, out.shape)
+        # columns first, then whole rows, corners included
+        calls += [functools.partial(out[:, :, :h, j].copy_, x[:, :, :, source])
+                  for j, source in columns]
+        calls += [functools.partial(out[:, :, i].copy_, out[:, :, source]) for i, source in rows]
+        return in_order(*calls)
 
-    def grad_x(self, grad, ws, gout):
+    def _prepare_grad_x(self, grad, ws, gout):
         h, w = grad.shape[2:]
         if self.mode == "zeros":
-            grad.copy_(gout[:, :, :h, :w])
-            return
-        rows, columns = self._sources(grad, gout)
+            return functools.partial(grad.copy_, gout[:, :, :h, :w])
+        rows, columns = self._sources(grad.shape, gout.shape)
         fold = ws["fold"]
-        fold.copy_(gout[:, :, :h])
-        for i, source in rows:  # the reverse of forward: rows first, then columns
-            fold[:, :, source].add_(gout[:, :, i])
-        grad.copy_(fold[:, :, :, :w])
-        for j, source in columns:
-            grad[:, :, :, source].add_(fold[:, :, :, j])
+        # the reverse of forward: rows first, then columns
+        return in_order(functools.partial(fold.copy_, gout[:, :, :h]),
+                        *[functools.partial(fold[:, :, source].add_, gout[:, :, i])
+                          for i, source in rows],
+                        functools.partial(grad.copy_, fold[:, :, :, :w]),
+                        *[functools.partial(grad[:, :, :, source].add_, fold[:, :, :, j])
+                          for j, source in columns])
 
 
 @register
