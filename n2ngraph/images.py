@@ -14,6 +14,7 @@ import torch
 
 from .errors import SpecError
 from .graph import infer_shapes
+from .ops.tensor import reflected
 from .spec import Spec
 
 
@@ -37,16 +38,14 @@ def fitting_shape(spec: Spec, height: int, width: int) -> tuple[int, int]:
     return _fitting(spec, height, 0), _fitting(spec, width, 1)
 
 
-def mirror_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pads (N, C, H, W) at the bottom and right to (height, width) by reflection
-    (repeating the reflection for pads larger than the image)."""
-    while x.shape[2] < height:
-        extra = min(height - x.shape[2], x.shape[2] - 1) or 1
-        x = torch.cat([x, x[:, :, -1 - extra:-1 or None].flip(2) if x.shape[2] > 1 else x], dim=2)
-    while x.shape[3] < width:
-        extra = min(width - x.shape[3], x.shape[3] - 1) or 1
-        x = torch.cat([x, x[:, :, :, -1 - extra:-1 or None].flip(3) if x.shape[3] > 1 else x], dim=3)
-    return x[:, :, :height, :width]
+def mirror_pad(x: torch.Tensor, height: int, width: int, top: int = 0, left: int = 0) -> torch.Tensor:
+    """(N, C, H, W) extended to (height, width) by reflection, ``top`` rows above and
+    ``left`` columns to the left, the rest below and to the right (the pad op's
+    'reflect', repeated for pads larger than the image)."""
+    h, w = x.shape[2:]
+    rows = torch.tensor([reflected(i, h) for i in range(-top, height - top)], device=x.device)
+    cols = torch.tensor([reflected(j, w) for j in range(-left, width - left)], device=x.device)
+    return x.index_select(2, rows).index_select(3, cols)
 
 
 def self_ensemble(forward, x: torch.Tensor) -> torch.Tensor:
@@ -118,9 +117,7 @@ def _tiled(run, x: torch.Tensor, th: int, tw: int, margin: int) -> torch.Tensor:
     the windows' centres laid side by side."""
     n, c, h, w = x.shape
     rows, cols = -(-h // th), -(-w // tw)
-    canvas = mirror_pad(x, rows * th + margin, cols * tw + margin)  # below and right
-    canvas = mirror_pad(canvas.flip(2, 3), rows * th + 2 * margin,
-                        cols * tw + 2 * margin).flip(2, 3)  # above and left
+    canvas = mirror_pad(x, rows * th + 2 * margin, cols * tw + 2 * margin, margin, margin)
     out = torch.empty(n, c, rows * th, cols * tw, dtype=x.dtype, device=x.device)
     for i in range(rows):
         for j in range(cols):

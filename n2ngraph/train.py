@@ -32,6 +32,7 @@ import torch
 from . import data as datasets
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
 from .fileio import write_atomic
+from .images import self_ensemble
 from .metrics import psnr
 from .optim import learning_rate
 from .spec import OptimizerSpec, ScheduleSpec, Spec
@@ -157,8 +158,6 @@ def evaluate(model, noisy: torch.Tensor, clean: torch.Tensor, *, device="cpu",
     last one overlapping the one before: every chunk then runs the same compiled
     inference plan, which holds a chunk's activations (a U-Net's takes ~1.8 KiB a pixel).
     """
-    from .images import self_ensemble
-
     if chunk is None:
         chunk = max(1, min(250, EVAL_CHUNK_PIXELS // max(1, noisy[0, 0].numel())))
     chunk = min(chunk, len(noisy))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph.images import denoise, denoise_float, self_ensemble
+from n2ngraph.images import denoise, denoise_float, mirror_pad, self_ensemble
 from n2ngraph.train import evaluate
 
 from helpers import ROOT
@@ -97,3 +97,15 @@ def test_denoise_rounds_the_tiled_result_to_eight_bits():
     assert out.dtype == torch.uint8 and out.shape == photo.shape
     expected = denoise_float(model, spec, photo.double() / 255, tile=32, margin=16)
     assert torch.equal(out, (expected.clamp(0, 1) * 255).round().to(torch.uint8))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (7, 3)], ids=str)
+def test_mirror_pad_is_torchs_reflect_on_every_side(size):
+    from torch_reference import Pad as TorchPad
+
+    x = torch.randn(1, 2, *size, dtype=torch.float64)
+    h, w = size
+    below = TorchPad(8, "reflect")(x)
+    assert torch.equal(mirror_pad(x, *below.shape[2:]), below)
+    above = TorchPad(8, "reflect")(x.flip(2, 3)).flip(2, 3)  # mirrored above and left
+    assert torch.equal(mirror_pad(x, *above.shape[2:], above.shape[2] - h, above.shape[3] - w), above)

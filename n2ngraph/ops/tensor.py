@@ -49,9 +49,10 @@ class Concat(Op):
 
 
 def reflected(index: int, size: int) -> int:
-    """The source of position ``index`` >= ``size`` when an axis of ``size`` values is
-    extended by reflection about its last value (torch's 'reflect': ..., a, b, c, b, a),
-    repeating the reflection for pads longer than the axis."""
+    """The source of position ``index`` when an axis of ``size`` values is extended by
+    reflection about its end values (torch's 'reflect': c, b, | a, b, c, | b, a), past
+    the last (index >= size) or before the first (index < 0), repeating the reflection
+    for pads longer than the axis."""
     period = 2 * (size - 1)
     if period == 0:
         return 0
