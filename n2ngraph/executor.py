@@ -59,8 +59,16 @@ class Executable:
         return data["op"].prepare(data["kernel"], self.values[value], scratch, **args)
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        self.load(inputs)
+        self.run_kernels()
+
+    def load(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Copies the inputs into their planned buffers."""
         for name in self.inputs:
             self.values[name].copy_(inputs[name])
+
+    def run_kernels(self) -> None:
+        """Every kernel once, on the inputs already loaded (what a CUDA graph captures)."""
         threads = torch.get_num_threads()
         if threads == 1 or len(self.segments) == 1 and not self.segments[0][0]:
             for step in self.steps:
@@ -93,6 +101,43 @@ class Executable:
 
 
 SERIAL_BELOW = 2**22
+
+
+class Replay:
+    """Runs ``body``, a sequence of device kernels over fixed tensors, as one CUDA graph.
+
+    A step of many small kernels on a GPU is bound by their launches (a few microseconds
+    of Python and driver work each), not by the kernels. Since every buffer of a plan is
+    allocated once and every kernel is bound to its tensors, the whole sequence can be
+    recorded once and replayed with one launch. ``body`` must not read values back to
+    the host or branch on them; what changes from call to call (inputs, a learning rate)
+    is written into the tensors it reads before the call.
+
+    The first ``warmup`` calls run ``body`` as is, on a side stream as PyTorch asks, so
+    that one-time work (cuBLAS handles, cached constants) is done before recording.
+    """
+
+    def __init__(self, body: Callable[[], None], warmup: int = 2):
+        self.body, self.warmup = body, warmup
+        self.calls = 0
+        self.graph: "torch.cuda.CUDAGraph | None" = None
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.calls < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.body()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.body()
+            self.graph = graph
+            graph.replay()
+        self.calls += 1
 
 
 def _runs(flags: list[bool]) -> list[tuple[bool, int, int]]:

@@ -6,6 +6,10 @@ can ask for agreement to the last few ulps; each allocates its state once, up fr
 Their common interface, which the training loop and checkpoints use:
 
     step()            one update from the current gradients
+    update(*scalars)  the update's kernels, given this step's scalars (``scalars()``) as
+                      Python floats, or as 0-dim device tensors (``device_scalars()``,
+                      refilled by ``load_device_scalars()``) so that a CUDA graph can
+                      record the update once and replay it with each step's values
     lr                the learning rate of the next step (a schedule sets it)
     steps             updates done so far
     state_dict()      {"steps": n, "tensors": {"exp_avg.conv1.weight": ..., ...}} (copies)
@@ -37,6 +41,32 @@ class _Optimizer:
         self.lr = config.lr
         self.steps = 0
         self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # kind -> param name -> tensor
+        self._device_scalars: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+
+    def step(self) -> None:
+        self.update(*self.scalars())
+        self.steps += 1
+
+    def scalars(self) -> tuple[float, ...]:
+        """The numbers this step's update uses that change from step to step."""
+        raise NotImplementedError
+
+    def update(self, *scalars) -> None:
+        raise NotImplementedError
+
+    def device_scalars(self) -> tuple[torch.Tensor, ...]:
+        """0-dim tensors on the parameters' device that ``load_device_scalars`` fills
+        with ``scalars()``: what ``update`` reads when it is recorded in a CUDA graph."""
+        if self._device_scalars is None:
+            first = next(iter(self.params.values()))
+            values = torch.zeros(len(self.scalars()), dtype=first.dtype, device=first.device)
+            self._device_scalars = (values, tuple(values.unbind()))
+        return self._device_scalars[1]
+
+    def load_device_scalars(self) -> None:
+        self.device_scalars()
+        values = self._device_scalars[0]
+        values.copy_(torch.tensor(self.scalars(), dtype=values.dtype))
 
     def _buffer(self, kind: str, zero: bool = False) -> dict[str, torch.Tensor]:
         make = torch.zeros_like if zero else torch.empty_like
@@ -81,7 +111,10 @@ class SGD(_Optimizer):
         needs_scratch = config.weight_decay or config.nesterov
         self.scratch = {k: torch.empty_like(p) for k, p in params.items()} if needs_scratch else {}
 
-    def step(self) -> None:
+    def scalars(self) -> tuple[float]:
+        return (-self.lr,)
+
+    def update(self, neg_lr) -> None:
         c = self.config
         for name, param in self.params.items():
             g = self.grads[name]
@@ -97,8 +130,10 @@ class SGD(_Optimizer):
                     g = torch.add(g, buf, alpha=c.momentum, out=self.scratch[name])
                 else:
                     g = buf
-            param.add_(g, alpha=-self.lr)
-        self.steps += 1
+            if isinstance(neg_lr, torch.Tensor):
+                param.addcmul_(g, neg_lr)
+            else:
+                param.add_(g, alpha=neg_lr)
 
 
 class Adam(_Optimizer):
@@ -124,12 +159,16 @@ class Adam(_Optimizer):
         self.correction = {k: torch.empty((), dtype=p.dtype, device=p.device)
                            for k, p in params.items()}
 
-    def step(self) -> None:
+    def scalars(self) -> tuple[float, float]:
+        """(-lr / (1 - beta1^t), sqrt(1 - beta2^t)): the step size and the second
+        moment's bias correction."""
+        beta1, beta2 = self.config.betas
+        t = float(self.steps + 1)  # torch keeps the step as a float tensor, read with .item()
+        return -self.lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5
+
+    def update(self, neg_step_size, correction2_sqrt) -> None:
         c = self.config
         beta1, beta2 = c.betas
-        t = float(self.steps + 1)  # torch keeps the step as a float tensor, read with .item()
-        step_size = self.lr / (1 - beta1 ** t)
-        correction2_sqrt = (1 - beta2 ** t) ** 0.5
         for name, param in self.params.items():
             g = self.grads[name]
             if c.weight_decay:
@@ -140,9 +179,12 @@ class Adam(_Optimizer):
             if c.amsgrad:
                 v = torch.maximum(self.max_exp_avg_sq[name], v, out=self.max_exp_avg_sq[name])
             torch.sqrt(v, out=denom)
-            denom.div_(self.correction[name].fill_(correction2_sqrt)).add_(scalar(c.eps, denom))
-            param.addcdiv_(m, denom, value=-step_size)
-        self.steps += 1
+            if isinstance(correction2_sqrt, torch.Tensor):  # recorded: no value on the host
+                denom.div_(correction2_sqrt).add_(scalar(c.eps, denom)).div_(neg_step_size)
+                param.addcdiv_(m, denom)
+            else:
+                denom.div_(self.correction[name].fill_(correction2_sqrt)).add_(scalar(c.eps, denom))
+                param.addcdiv_(m, denom, value=neg_step_size)
 
 
 def make_optimizer(params: Tensors, grads: Tensors, config: OptimizerSpec) -> _Optimizer:

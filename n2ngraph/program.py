@@ -22,7 +22,7 @@ import torch
 
 from .autodiff import grad_name, joint_graph
 from .errors import SpecError
-from .executor import Executable
+from .executor import Executable, Replay
 from .graph import forward_graph, needed_nodes
 from .init import initial_params
 from .memory import MemoryPlan, plan_memory
@@ -49,16 +49,19 @@ class Compiled:
 def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu",
             dtype: torch.dtype = torch.float32, seed: int | None = None,
             init: str | None = None, optimizer: OptimizerSpec | None = None,
-            clip_grad_norm: float | None = None, rewrite: bool = True) -> "Program":
+            clip_grad_norm: float | None = None, rewrite: bool = True,
+            cuda_graphs: bool = True) -> "Program":
     """Compiles ``spec`` for inputs of ``input_shape`` (N, C, H, W).
 
     ``input_shape`` is the shape of the first input; other inputs (the target) share its
     batch and spatial size with their own channel count. Defaults come from the spec's
     training recipe: batch and crop size, init, seed, optimizer and gradient clipping.
     ``rewrite=False`` compiles the graph exactly as the spec writes it (see rewrite.py).
+    On a GPU, ``cuda_graphs`` replays each training step and each inference as one CUDA
+    graph (executor.Replay); ``False`` launches every kernel from Python instead.
     """
     program = Program(spec, device=device, dtype=dtype, seed=seed, init=init, optimizer=optimizer,
-                      clip_grad_norm=clip_grad_norm, rewrite=rewrite)
+                      clip_grad_norm=clip_grad_norm, rewrite=rewrite, cuda_graphs=cuda_graphs)
     if input_shape is None:
         first = spec.inputs[0]
         input_shape = (spec.train.batch, first.channels, spec.train.crop, spec.train.crop)
@@ -71,7 +74,8 @@ class Program:
                  seed: int | None = None, init: str | None = None,
                  optimizer: OptimizerSpec | None = None,
                  params: Mapping[str, torch.Tensor] | None = None,
-                 clip_grad_norm: float | None = None, rewrite: bool = True):
+                 clip_grad_norm: float | None = None, rewrite: bool = True,
+                 cuda_graphs: bool = True):
         """``params``, when given, are adopted as the parameters, not copied: the
         program reads (and its optimizer updates) those very tensors, so an in-place
         edit by their owner is seen by the next run (the ``compat`` modules rely on it)."""
@@ -92,6 +96,8 @@ class Program:
         max_norm = recipe.clip_grad_norm if clip_grad_norm is None else clip_grad_norm
         self.clip = ClipGradNorm(self.grads, max_norm) if max_norm else None
         self._cache: dict[tuple, Compiled] = {}
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self._replays: dict[tuple, Replay] = {}
         self._parts_grads: list[dict[str, torch.Tensor]] = []
 
     # ---- compilation -----------------------------------------------------------
@@ -166,15 +172,26 @@ class Program:
                 raise TypeError(f"input '{name}' must be a torch.Tensor, got {type(t).__name__}")
         return bound
 
-    def _run_training_graph(self, inputs: Sequence[torch.Tensor]) -> float:
-        """Binds the inputs (spec order), checks their shapes, runs forward and backward
-        of the plan for that shape, and returns the loss."""
+    def _training_inputs(self, inputs: Sequence[torch.Tensor]):
+        """(inputs by name, shapes by name), the inputs given in spec order and checked."""
         names = self.spec.input_names
         bound = self._bind_inputs(inputs, names)
         shapes = self.input_shapes(bound[names[0]].shape)
         for name, t in bound.items():
             if tuple(t.shape) != shapes[name]:
                 raise ValueError(f"input '{name}' has shape {tuple(t.shape)}, expected {shapes[name]}")
+        return bound, shapes
+
+    def _replay(self, kind: str, shapes: Mapping[str, Shape], body) -> Replay:
+        key = (kind, tuple(sorted(shapes.items())))
+        if key not in self._replays:
+            self._replays[key] = Replay(body)
+        return self._replays[key]
+
+    def _run_training_graph(self, inputs: Sequence[torch.Tensor]) -> float:
+        """Binds the inputs (spec order), checks their shapes, runs forward and backward
+        of the plan for that shape, and returns the loss."""
+        bound, shapes = self._training_inputs(inputs)
         parts = self.batch_parts(shapes)
         if len(parts) > 1:
             return self._run_in_parts(bound, parts)
@@ -238,11 +255,35 @@ class Program:
 
         Inputs are given in the spec's input order (``x, target`` for noise2noise).
         """
+        if self.cuda_graphs:
+            return self._replayed_train_step(inputs)
         loss = self._run_training_graph(inputs)
         if self.clip is not None:
             self.clip()
         self.optimizer.step()
         return loss
+
+    def _replayed_train_step(self, inputs: Sequence[torch.Tensor]) -> float:
+        """The training step as one CUDA graph: forward, backward, clipping and the
+        optimizer's update, reading this step's learning rate from the device."""
+        bound, shapes = self._training_inputs(inputs)
+        executable = self.compiled("train", shapes).executable
+        optimizer, clip = self.optimizer, self.clip
+
+        def body() -> None:
+            executable.run_kernels()
+            if clip is not None:
+                clip()
+            optimizer.update(*optimizer.device_scalars())
+
+        executable.load(bound)
+        optimizer.load_device_scalars()
+        if optimizer.steps == 0:  # SGD's first step takes a branch of its own: not recorded
+            body()
+        else:
+            self._replay("train", shapes, body)()
+        optimizer.steps += 1
+        return executable.values[self.spec.loss].item()
 
     def loss(self, *inputs: torch.Tensor) -> float:
         """The loss on one batch, without updating anything (gradients are refreshed)."""
@@ -254,9 +295,13 @@ class Program:
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         first = self.spec.inputs[0].name
         shapes = {first: self.input_shapes(x.shape)[first]}
-        compiled = self.compiled("infer", shapes)
-        compiled.executable.run({first: x})
-        result = compiled.executable.values[self.spec.output]
+        executable = self.compiled("infer", shapes).executable
+        if self.cuda_graphs:
+            executable.load({first: x})
+            self._replay("infer", shapes, executable.run_kernels)()
+        else:
+            executable.run({first: x})
+        result = executable.values[self.spec.output]
         if out is None:
             return result.clone()
         return out.copy_(result)

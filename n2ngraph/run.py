@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--val-count", type=int, default=1000, help="validation crops (default 1000)")
     d.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     d.add_argument("--float64", action="store_true", help="compute in float64")
+    d.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a GPU, replay each step as one CUDA graph (default); "
+                        "--no-cuda-graphs launches every kernel from Python")
     d.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 "
                    "is often fastest at small batches or on a busy machine)")
     d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one "
@@ -161,11 +164,11 @@ def _config(spec: Spec, args, **extra):
     return TrainConfig.from_spec(spec, **values)
 
 
-def _model(spec: Spec, config, dtype):
+def _model(spec: Spec, config, dtype, args):
     shape = (config.batch, spec.inputs[0].channels, config.crop, config.crop)
     return compile(spec, shape, device=config.device, dtype=dtype, seed=config.seed,
                    optimizer=config.optimizer_spec(spec),
-                   clip_grad_norm=config.clip_grad_norm or 0.0)
+                   clip_grad_norm=config.clip_grad_norm or 0.0, cuda_graphs=args.cuda_graphs)
 
 
 def _weights_file(path: str) -> Path:
@@ -193,7 +196,8 @@ def _read_params_into(model, spec: Spec, path: Path) -> None:
 def _load_weights(spec: Spec, args, dtype):
     """--weights, or else the weights shipped with n2ngraph for a spec of that name."""
     path = _weights_file(args.weights) if args.weights else _shipped_weights(spec, "--weights")
-    model = compile(spec, None, device=_device(args.device), dtype=dtype)
+    model = compile(spec, None, device=_device(args.device), dtype=dtype,
+                    cuda_graphs=args.cuda_graphs)
     _read_params_into(model, spec, path)
     return model
 
@@ -229,7 +233,7 @@ def do_train(args) -> int:
     config = _config(spec, args, from_weights=str(start) if start else None)
     data = prepare_data(config)
     dtype = _dtype(args)
-    model = _model(spec, config, dtype)
+    model = _model(spec, config, dtype, args)
     if start is not None:
         _read_params_into(model, spec, start)
     run = Run(directory, spec, text, model, config, dtype=dtype)
@@ -257,7 +261,7 @@ def do_resume(args) -> int:
     text = spec_path.read_text()
     spec = parse_spec(text, file=str(spec_path))
     dtype = _dtype(args)
-    model = _model(spec, config, dtype)
+    model = _model(spec, config, dtype, args)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.restore()
     if run.epoch >= config.epochs:
@@ -364,7 +368,7 @@ def do_sweep(args) -> int:
     for batch in batches:
         for lr in lrs:
             config = _config(spec, args, batch=batch, lr=lr)
-            run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype),
+            run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype, args),
                       config, dtype=dtype, log=lambda *_: None)
             run.create()
             run.train(data, progress=not args.no_progress)
@@ -409,10 +413,11 @@ def do_export(args) -> int:
 def do_summary(args) -> int:
     spec, _ = _spec(args)
     recipe = spec.train
-    batch = args.batch or recipe.batch
-    shape = (batch, spec.inputs[0].channels, recipe.crop, recipe.crop)
+    batch, crop = args.batch or recipe.batch, args.crop or recipe.crop
+    shape = (batch, spec.inputs[0].channels, crop, crop)
     dtype = _dtype(args)
-    prog = compile(spec, shape, device=_device(args.device), dtype=dtype)
+    prog = compile(spec, shape, device=_device(args.device), dtype=dtype,
+                   cuda_graphs=args.cuda_graphs)
     compiled = prog.compiled("train" if spec.loss else "infer", prog.input_shapes(shape))
     graph = compiled.graph
     n_params = sum(p.numel() for p in prog.params.values())

@@ -23,6 +23,7 @@ import json
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -203,6 +204,35 @@ class StopRequests:
             signal.signal(signum, previous)
 
 
+class EpochData:
+    """An epoch's pairs (``make_pairs(epoch)``), with the next epoch's drawn in a
+    background thread while this one trains when ``ahead``: on a GPU the CPU would
+    otherwise leave it idle while it crops and noises. Each epoch's pairs depend on the
+    epoch alone, so drawing them early changes nothing."""
+
+    def __init__(self, make_pairs: Callable[[int], tuple], ahead: bool):
+        self.make_pairs = make_pairs
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="n2ngraph-data") if ahead else None
+        self.pending: tuple[int, Future] | None = None
+
+    def get(self, epoch: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pending is not None and self.pending[0] == epoch:
+            pairs = self.pending[1].result()
+        else:
+            pairs = self.make_pairs(epoch)
+        self.pending = None
+        if self.pool is not None and epoch < last:
+            self.pending = (epoch + 1, self.pool.submit(self.make_pairs, epoch + 1))
+        return pairs
+
+    def __enter__(self) -> "EpochData":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Run:
     """One training run in its directory; ``train()`` continues from wherever it is."""
 
@@ -273,13 +303,18 @@ class Run:
         return False
 
     def _train(self, data: Data, max_steps: int | None, progress: bool, stop: "StopRequests") -> bool:
+        with EpochData(data.make_pairs, ahead=torch.device(self.config.device).type != "cpu") as epochs:
+            return self._epochs(epochs, data, max_steps, progress, stop)
+
+    def _epochs(self, epochs: EpochData, data: Data, max_steps: int | None, progress: bool,
+                stop: "StopRequests") -> bool:
         from tqdm import tqdm
 
         c = self.config
         schedule = c.schedule_spec(self.spec)
         steps_done = 0
         while self.epoch < c.epochs:
-            a, b = data.make_pairs(self.epoch)
+            a, b = epochs.get(self.epoch, last=c.epochs - 1)
             shuffle = epoch_generator(c.seed, self.epoch + 500_000)
             per_epoch, first_step = len(a) // c.batch, self.step
             stream = itertools.islice(datasets.batches(a, b, c.batch, shuffle), self.step, None)

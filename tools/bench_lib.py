@@ -45,6 +45,7 @@ import n2ngraph as ng  # noqa: E402
 from torch_reference import TorchModel  # noqa: E402
 
 CONTENDERS = ("n2ngraph", "eager", "compile")
+LAUNCHED = "n2ngraph launched"  # on a GPU: n2ngraph without CUDA graphs, each kernel from Python
 
 
 # ---- the contenders --------------------------------------------------------------------
@@ -61,8 +62,8 @@ def _pair(spec, batch: int, size: int, device, seed: int = 0):
 def build(name: str, spec, device) -> object:
     """A model with ``train_step(x, t) -> float`` and ``forward(x)``, all three
     starting from the weights n2ngraph draws for the spec's seed."""
-    program = ng.compile(spec, None, device=device)
-    if name == "n2ngraph":
+    program = ng.compile(spec, None, device=device, cuda_graphs=name != LAUNCHED)
+    if name in ("n2ngraph", LAUNCHED):
         return program
     model = TorchModel(spec, optimizer=spec.train.optimizer, seed=spec.train.seed,
                        device=device, init_from=program.state_dict())
@@ -162,13 +163,21 @@ def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str)
     spec = ng.load_spec(spec_path)
     x, t = _pair(spec, batch, spec.train.crop, device)
     # the baseline: a process with torch, the data and one small throwaway step ready
-    ng.compile(spec, (1, spec.inputs[0].channels, 8, 8)).train_step(x[:1, :, :8, :8], t[:1, :, :8, :8])
-    _reset_peak()
-    before = _status_mib("VmRSS")
+    ng.compile(spec, (1, spec.inputs[0].channels, 8, 8), device=device).train_step(
+        x[:1, :, :8, :8], t[:1, :, :8, :8])
+    gpu = torch.device(device).type == "cuda"
+    if gpu:  # the GPU memory the caching allocator hands out
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        _reset_peak()
+        before = _status_mib("VmRSS")
     model = build(name, spec, device)
     for _ in range(steps):
         model.train_step(x, t)
-    result = {"peak_added_mib": _status_mib("VmHWM") - before}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _status_mib("VmHWM")
+    result = {"peak_added_mib": peak - before}
     if name == "n2ngraph":  # every training plan the steps used (one per batch part)
         plans = [c.plan for c in model.compilations if c.kind == "train"]
         result["planned_mib"] = sum(p.planned_bytes for p in plans) / 2**20
@@ -229,6 +238,8 @@ def main(argv=None) -> int:
         print(json.dumps(memory_child(args.specs[0], args.memory_child, batches[0], 3, args.device)))
         return 0
     names = [n for n in CONTENDERS if not (args.no_compile and n == "compile")]
+    if torch.device(args.device).type == "cuda":
+        names.insert(1, LAUNCHED)
     print(f"machine: {machine()}, device {args.device}")
     print(f"median of {args.rounds} interleaved rounds of {args.steps} steps each\n")
     for spec_path in args.specs:
@@ -253,7 +264,8 @@ def main(argv=None) -> int:
         if not args.no_memory:
             batch = max(batches)
             mem = bench_memory(spec_path, batch, names, args)
-            print(f"\nmemory at batch {batch}: peak RSS added by training steps: " +
+            what = "GPU memory" if torch.device(args.device).type == "cuda" else "RSS"
+            print(f"\nmemory at batch {batch}: peak {what} added by training steps: " +
                   ", ".join(f"{n} {mem[n]['peak_added_mib']:.1f} MiB" for n in names) +
                   f"; n2ngraph planned {mem['n2ngraph']['planned_mib']:.1f} MiB")
         print()
