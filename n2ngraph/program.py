@@ -1,6 +1,6 @@
 """``compile``: runs the passes and wraps the result in a ``Program``.
 
-    spec --graph.forward_graph--> forward DAG --rewrite.rewrite--> forward DAG
+    spec --graph.forward_graph--> forward DAG --rewrite.rewrite, rewrite.for_device--> forward DAG
          --autodiff.joint_graph--> joint DAG
          --schedule.schedule--> Schedule --memory.plan_memory--> MemoryPlan
          --executor.Executable--> bound kernels over preallocated buffers
@@ -28,7 +28,7 @@ from .init import initial_params
 from .memory import MemoryPlan, plan_memory
 from .ops import scalar
 from .optim import ClipGradNorm, make_optimizer
-from .rewrite import rewrite as rewrite_graph
+from .rewrite import for_device, rewrite as rewrite_graph
 from .schedule import Schedule, schedule
 from .spec import OptimizerSpec, Spec
 
@@ -160,7 +160,7 @@ class Program:
 
     def _forward_graph(self, shapes: Mapping[str, Shape], output: str) -> nx.DiGraph:
         graph = forward_graph(self.spec, shapes, [output])
-        return rewrite_graph(graph) if self.rewrite else graph
+        return for_device(rewrite_graph(graph) if self.rewrite else graph, self.device)
 
     # ---- running ---------------------------------------------------------------
     def _bind_inputs(self, tensors: Sequence[torch.Tensor], names: Sequence[str]) -> dict:

@@ -114,3 +114,28 @@ def test_compile_without_rewrites_keeps_the_spec_graph():
     assert "up1" in plain.compiled("train", plain.input_shapes(shape)).graph
     fused = ng.compile(spec, shape)
     assert "up1" not in fused.compiled("train", fused.input_shapes(shape)).graph
+
+
+@pytest.mark.parametrize("name,shape", [("noise2noise", (5, 3, 36, 36)), ("unet", (3, 3, 40, 48))])
+def test_untiled_gpu_schedules_train_like_the_cpu_ones(name, shape, monkeypatch, always_fuse):
+    """for_device's GPU schedules, run here on the CPU: every conv in one tile instead of
+    cache-sized ones (the default tiles split these batches into several), same numbers."""
+    spec = ng.load_spec(ROOT / "specs" / f"{name}.yaml")
+    config = ng.spec.OptimizerSpec(lr=0.01, momentum=0.9)
+    tiled = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
+    lowered = lambda graph, device: rewrite.for_device(graph, torch.device("cuda"))  # noqa: E731
+    monkeypatch.setattr(ng.program, "for_device", lowered)
+    whole = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
+    convs = [d["op"] for _, d in whole.compiled("train", whole.input_shapes(shape)).graph.nodes(data=True)
+             if d.get("op") is not None and "conv" in d["op"].name]
+    assert convs and all(getattr(op, "conv", op).tile == rewrite.GPU_TILE for op in convs)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x, t = (torch.rand(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+        assert whole.train_step(x, t) == pytest.approx(tiled.train_step(x, t), rel=1e-12)
+        for key, g in tiled.grads.items():
+            torch.testing.assert_close(whole.grads[key], g, rtol=1e-10, atol=1e-12)
+    photo = torch.rand(1, 3, 72, 40, generator=gen, dtype=torch.float64)
+    denoised = whole.forward(photo)
+    assert denoised.isfinite().all()
+    torch.testing.assert_close(denoised, tiled.forward(photo), rtol=1e-12, atol=1e-12)

@@ -240,7 +240,12 @@ def main(argv=None) -> int:
     names = [n for n in CONTENDERS if not (args.no_compile and n == "compile")]
     if torch.device(args.device).type == "cuda":
         names.insert(1, LAUNCHED)
-    print(f"machine: {machine()}, device {args.device}")
+        # fp32 for every contender: PyTorch's convolutions would otherwise run in TF32
+        # (10-bit mantissas) by default while every matmul, n2ngraph's too, stays fp32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = f" ({torch.cuda.get_device_name()}, fp32: TF32 off)" if args.device.startswith("cuda") else ""
+    print(f"machine: {machine()}, device {args.device}{gpu}")
     print(f"median of {args.rounds} interleaved rounds of {args.steps} steps each\n")
     for spec_path in args.specs:
         spec = ng.load_spec(spec_path)

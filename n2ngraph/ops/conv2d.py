@@ -84,6 +84,8 @@ class Conv2d(Op):
     bias: bool = attribute(bool, default=True)
     unfold: str = attribute(str, default="auto", choices=SIDES,
                             doc="which side the GEMMs unfold: input, output, none or auto")
+    tile: int = attribute(int, default=0, minimum=0,
+                          doc="output pixels per GEMM tile; 0: sized for a CPU's cache")
 
     # ---- shapes ----------------------------------------------------------------
     def params(self) -> dict[str, Shape]:
@@ -152,7 +154,7 @@ class Conv2d(Op):
                 "grad_x": {"gycol": gycol, "w_t": (c, o * k2), "gx_t": x_t},
                 "grad_weight": {"gycol": gycol, "x_t": x_t, "gw_t": (c, o * k2)},
             }[kernel]
-        columns = max((n1 - n0) * (r1 - r0) * wo for n0, n1, r0, r1 in _tiles(n, ho, wo))
+        columns = max((n1 - n0) * (r1 - r0) * wo for n0, n1, r0, r1 in _tiles(n, ho, wo, self.tile))
         col, spread = (c * k2, columns), (o, columns)
         padded = {"xpad": (n, c, h + 2 * self.padding, w + 2 * self.padding)} if self.padding else {}
         if kernel == "forward":
@@ -257,7 +259,7 @@ class Conv2d(Op):
         n, _, ho, wo = out_shape
         windows = self._windows(padded, ho, wo)
         rows, o = col.shape[0], spread.shape[0]
-        for n0, n1, r0, r1 in _tiles(n, ho, wo):
+        for n0, n1, r0, r1 in _tiles(n, ho, wo, self.tile):
             columns = (n1 - n0) * (r1 - r0) * wo
             yield ((n0, n1, r0, r1), col.view(-1)[:rows * columns].view(rows, columns),
                    windows[:, :, :, n0:n1, r0:r1, :], spread.view(-1)[:o * columns].view(o, columns))
@@ -378,7 +380,7 @@ class Conv2d(Op):
         hp, wp = h + 2 * p, w + 2 * p
         offsets = [a * d * wp + b * d for a in range(k) for b in range(k)]
         tiles = [(n0, n1, r0, r1, (n0 * hp + r0) * wp, ((n1 - n0 - 1) * hp + r1 - r0) * wp)
-                 for n0, n1, r0, r1 in _tiles(n, ho, wp, TAP_TILE_COLUMNS)]
+                 for n0, n1, r0, r1 in _tiles(n, ho, wp, self.tile or TAP_TILE_COLUMNS)]
         return hp, wp, offsets, tiles
 
     def _flat_padded(self, x, xt, hp, wp) -> list:
@@ -420,7 +422,7 @@ def _mirror_of(conv: Conv2d, side: str = "input") -> Conv2d:
     maps the output gradient to the input gradient, unfolding ``side``."""
     reach = (conv.kernel - 1) * conv.dilation
     return Conv2d(conv.out_channels, conv.in_channels, conv.kernel, padding=reach - conv.padding,
-                  dilation=conv.dilation, bias=False, unfold=side)
+                  dilation=conv.dilation, bias=False, unfold=side, tile=conv.tile)
 
 
 def _flip_index(o: int, c: int, k: int) -> torch.Tensor:
@@ -460,8 +462,8 @@ the weight gradient's 24 x 24 GEMMs lose and the two sides tie."""
 
 def _tiles(n: int, ho: int, wo: int, columns: int | None = None) -> list[tuple[int, int, int, int]]:
     """(n0, n1, r0, r1): whole samples while a sample has fewer than ``columns``
-    (default TILE_COLUMNS) pixels, else blocks of output rows within one sample."""
-    columns = TILE_COLUMNS if columns is None else columns
+    (0 or None: TILE_COLUMNS) pixels, else blocks of output rows within one sample."""
+    columns = columns or TILE_COLUMNS
     if ho * wo < columns:
         step = columns // (ho * wo)
         return [(i, min(i + step, n), 0, ho) for i in range(0, n, step)]

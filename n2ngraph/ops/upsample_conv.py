@@ -59,7 +59,8 @@ def fusable(conv: Op) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _phase_conv(conv: Conv2d) -> Conv2d:
-    return Conv2d(conv.in_channels, conv.out_channels, 2, bias=conv.bias, unfold=conv.unfold)
+    return Conv2d(conv.in_channels, conv.out_channels, 2, bias=conv.bias, unfold=conv.unfold,
+                  tile=conv.tile)
 
 
 def _check_conv(_instance, _field, conv) -> None:
