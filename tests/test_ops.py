@@ -761,6 +761,15 @@ def test_conv2d_auto_skips_the_unfold_where_both_sides_are_wide():
     assert (beyond.side("forward"), beyond.side("grad_x")) == ("none", "input")
 
 
+def test_upsample_conv2d_shares_one_gemm_across_phases_on_the_output_side():
+    """The op table's 'upsample_conv2d-output' case checks the shared kernels against
+    torch and finite differences; this checks that they are the ones it runs."""
+    kernels = ("forward", "grad_x", "grad_weight")
+    assert all(UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output"))._shared(k) for k in kernels)
+    assert all(UpsampleConv2d(Conv2d(24, 3, 3, padding=1))._shared(k) for k in kernels)  # seed net
+    assert not any(UpsampleConv2d(Conv2d(24, 24, 3, padding=1))._shared(k) for k in kernels)
+
+
 @pytest.mark.parametrize("conv", [Conv2d(2, 2, 5, padding=2), Conv2d(2, 2, 3, padding=1, stride=2),
                                   Conv2d(2, 2, 3), Conv2d(2, 2, 3, padding=1, dilation=2)],
                          ids=["k5", "stride2", "pad0", "dil2"])
@@ -780,6 +789,10 @@ def test_conv2d_in_small_tiles_matches_autograd(config, tile_columns, seed):
     op, x_shape = config
     with mock.patch.object(conv2d, "TILE_COLUMNS", tile_columns):
         _check_conv_against_autograd(attrs.evolve(op, unfold="input"), x_shape, seed)
+    # the same tiles asked for by the op's own ``tile`` (what rewrite.for_device sets)
+    _check_conv_against_autograd(attrs.evolve(op, unfold="input", tile=tile_columns), x_shape, seed)
+    if op.stride == 1:
+        _check_conv_against_autograd(attrs.evolve(op, unfold="none", tile=tile_columns), x_shape, seed)
 
 
 @HYPOTHESIS

@@ -17,6 +17,16 @@ node (same names, shapes and gradients as the unfused pair), mapped to and from 
 phase weights by one small matrix product each way: ``TAPS[phase]`` (4 x 9) says
 which 3x3 taps each 2x2 tap sums. Each phase runs conv2d's own kernels (either
 unfolded side) on a strided view of the zero-padded input and of the output.
+
+Where the phase convs unfold their output side (few output channels, like the seed
+net's 24 -> 3), the four phases share their work instead: one GEMM computes all 16
+taps, ``Z = W(16*O, C) @ X(C, N*(h+2)*(w+2))`` over the zero-padded, channel-major
+input ``X``, and tap (alpha, beta) of every phase is then one strided add: the phase
+index and the tap's shift both move linearly through ``Z`` and through the output, so
+one view spans all four phases. The gradients gather the output gradient the same way
+(4 strided copies into ``G``, shaped like ``Z``), then ``gX = W^T @ G`` and
+``gW = G @ X^T``. A step of the seed net at batch 4 then makes 26 tensor calls for
+this op instead of 110.
 """
 
 from __future__ import annotations
@@ -97,12 +107,22 @@ class UpsampleConv2d(Op):
         big = self.conv.infer(x=(n, c, 2 * h, 2 * w))
         return big
 
+    def _shared(self, kernel: str) -> bool:
+        """Whether ``kernel`` runs the four phases as one (their output side)."""
+        return _phase_conv(self.conv).side(kernel) == "output"
+
     # ---- workspaces: the padded input, phase weights, and one phase conv's own ----------
     def workspace(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
         if kernel == "grad_bias":
             return {}
         n, c, h, w = shapes["x"]
         o = self.conv.out_channels
+        if self._shared(kernel):
+            grid = n * (h + 2) * (w + 2)
+            xt, g, w_all = (c, grid), (16 * o, grid), (16 * o, c)
+            return {"forward": {"xt": xt, "w_all": w_all, "z": g},
+                    "grad_x": {"w_all": w_all, "g": g, "gxt": xt},
+                    "grad_weight": {"xt": xt, "g": g, "gw_all": w_all}}[kernel]
         phase = {"x": (n, c, h + 1, w + 1), "out": (n, o, h, w)}
         own = {f"phase_{k}": s for k, s in _phase_conv(self.conv).workspace(kernel, phase).items()}
         padded = (n, c, h + 2, w + 2)
@@ -117,7 +137,8 @@ class UpsampleConv2d(Op):
     def prepare(self, kernel, result, ws, /, **tensors):
         if kernel == "grad_bias":
             return functools.partial(torch.sum, tensors["gout"], dim=(0, 2, 3), out=result)
-        return getattr(self, f"_prepare_{kernel}")(result, ws, **tensors)
+        shared = "_shared" if self._shared(kernel) else ""
+        return getattr(self, f"_prepare{shared}_{kernel}")(result, ws, **tensors)
 
     def forward(self, out, ws, x, weight, bias=None):
         self.prepare("forward", out, ws, x=x, weight=weight, bias=bias)()
@@ -160,11 +181,85 @@ class UpsampleConv2d(Op):
                                         taps_matrix(grad), out=gw_taps),
                       functools.partial(torch.sum, gw_taps, dim=0, out=grad.view(o * c, 9)))
 
+    # ---- the four phases as one: their output side ---------------------------------
+    def _prepare_shared_forward(self, out, ws, x, weight, bias=None):
+        xt, w_all, z = ws["xt"], ws["w_all"], ws["z"]
+        taps = [_tap_view(z, out.shape, t) for t in range(4)]
+        phases = _phases_view(out)
+        first = (functools.partial(phases.copy_, taps[0]) if bias is None else
+                 functools.partial(torch.add, taps[0], bias.view(1, 1, -1, 1, 1, 1), out=phases))
+        return in_order(*_padded_channel_major(x, xt), self._all_weights(weight, w_all),
+                        functools.partial(torch.mm, w_all, xt, out=z), first,
+                        *[functools.partial(phases.add_, tap) for tap in taps[1:]])
+
+    def _prepare_shared_grad_x(self, grad, ws, gout, weight):
+        w_all, g, gxt = ws["w_all"], ws["g"], ws["gxt"]
+        n, c, h, w = grad.shape
+        inner = gxt.view(c, n, h + 2, w + 2)[:, :, 1:h + 1, 1:w + 1].transpose(0, 1)
+        return in_order(self._all_weights(weight, w_all), *_gathered(gout, g),
+                        functools.partial(torch.mm, w_all.t(), g, out=gxt),
+                        functools.partial(grad.copy_, inner))
+
+    def _prepare_shared_grad_weight(self, grad, ws, gout, x):
+        xt, g, gw_all = ws["xt"], ws["g"], ws["gw_all"]
+        o, c = self.conv.out_channels, self.conv.in_channels
+        return in_order(*_padded_channel_major(x, xt), *_gathered(gout, g),
+                        functools.partial(torch.mm, g, xt.t(), out=gw_all),
+                        functools.partial(torch.mm, gw_all.view(16, o * c).t(), _taps16(grad),
+                                          out=grad.view(o * c, 9)))
+
+    def _all_weights(self, weight: torch.Tensor, into: torch.Tensor):
+        """A call writing all 16 phase taps, (phase, tap, O) x C, from the 3x3 kernel."""
+        o, c = self.conv.out_channels, self.conv.in_channels
+        return functools.partial(torch.mm, _taps16(weight), weight.view(o * c, 9).t(),
+                                 out=into.view(16, o * c))
+
     def _phase_weights(self, weight: torch.Tensor, into: torch.Tensor):
         """A call writing the four phases' 2x2 kernels, (4, O, C, 2, 2), from the 3x3 one."""
         o, c = self.conv.out_channels, self.conv.in_channels
         return functools.partial(torch.matmul, weight.view(o * c, 9),
                                  taps_matrix(weight).transpose(1, 2), out=into.view(4, o * c, 4))
+
+
+def _taps16(like: torch.Tensor) -> torch.Tensor:
+    """TAPS as a (16, 9) matrix: row 4 * phase + tap."""
+    return taps_matrix(like).view(16, 9)
+
+
+def _padded_channel_major(x: torch.Tensor, xt: torch.Tensor) -> list:
+    """Calls writing x, zero-padded by one pixel, into ``xt`` as (C, N, h+2, w+2)."""
+    n, c, h, w = x.shape
+    grid = xt.view(c, n, h + 2, w + 2)
+    return [xt.zero_, functools.partial(grid[:, :, 1:h + 1, 1:w + 1].copy_, x.transpose(0, 1))]
+
+
+def _tap_view(z: torch.Tensor, out_shape, tap: int) -> torch.Tensor:
+    """Tap ``tap`` = 2 alpha + beta of all four phases in ``z`` (16*O, N*(h+2)*(w+2)),
+    each read at its shift: a (2, 2, O, N, h, w) view indexed by phase (r, s). Phase
+    (r, s), tap (alpha, beta) at small pixel (i, j) is z[4 (2r + s) + tap] at padded
+    pixel (r + alpha + i, s + beta + j): linear in r and s, so one view holds all four."""
+    n, o, big_h, big_w = out_shape
+    h, w = big_h // 2, big_w // 2
+    wp, plane = w + 2, (h + 2) * (w + 2)
+    per_tap = o * n * plane
+    alpha, beta = divmod(tap, 2)
+    return z.as_strided((2, 2, o, n, h, w),
+                        (8 * per_tap + wp, 4 * per_tap + 1, n * plane, plane, wp, 1),
+                        z.storage_offset() + tap * per_tap + alpha * wp + beta)
+
+
+def _phases_view(big: torch.Tensor) -> torch.Tensor:
+    """The (N, O, 2h, 2w) map as (2, 2, O, N, h, w): phase (r, s) is big[..., r::2, s::2]."""
+    n, o, big_h, big_w = big.shape
+    return big.view(n, o, big_h // 2, 2, big_w // 2, 2).permute(3, 5, 1, 0, 2, 4)
+
+
+def _gathered(gout: torch.Tensor, g: torch.Tensor) -> list:
+    """Calls writing G: each phase's output gradient at each of its taps' shifts, zero
+    elsewhere (G is shaped like the forward's Z)."""
+    phases = _phases_view(gout)
+    return [g.zero_, *[functools.partial(_tap_view(g, gout.shape, t).copy_, phases)
+                       for t in range(4)]]
 
 
 def _pad(x: torch.Tensor, xpad: torch.Tensor) -> list:
