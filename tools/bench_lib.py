@@ -11,11 +11,15 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
   torch.optim (``tools/torch_reference.py``); *compile*, that same step function
   (zero_grad, forward, backward, optimizer step) under ``torch.compile``.
 - **inference** on one ``--image`` x ``--image`` photo.
+- on a GPU (``--device cuda``) also *n2ngraph launched*: n2ngraph without CUDA graphs,
+  every kernel launched from Python; and every contender in float32 with TF32 off
+  (PyTorch's convolutions would otherwise use TF32 by default, n2ngraph's GEMMs not).
 - **memory** at the largest batch: for each contender, in a fresh child process, the
   peak resident set size while building the model and running 3 training steps, less
   the resident size of the process with torch and its data ready (the peak is reset
-  through /proc/self/clear_refs first); and n2ngraph's planned bytes (activations,
-  gradients and workspaces).
+  through /proc/self/clear_refs first), on a GPU the peak of the GPU memory PyTorch's
+  allocator handed out; and n2ngraph's planned bytes (activations, gradients and
+  workspaces).
 
 Machines are noisy, so only numbers measured side by side count: every contender runs
 in the same process, on the same tensors, with the same initial weights; the timing
