@@ -219,6 +219,8 @@ class EpochData:
         if self.pending is not None and self.pending[0] == epoch:
             pairs = self.pending[1].result()
         else:
+            if self.pending is not None:  # drawn ahead for an epoch not asked for
+                self.pending[1].cancel()
             pairs = self.make_pairs(epoch)
         self.pending = None
         if self.pool is not None and epoch < last:

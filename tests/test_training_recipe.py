@@ -368,6 +368,6 @@ def test_pairs_drawn_ahead_are_each_epochs_own():
     with EpochData(make_pairs, ahead=True) as epochs:
         got = [int(epochs.get(e, last=4)[1][0]) for e in (1, 2, 4)]
     assert got == [-1, -2, -4]
-    assert sorted(drawn) == [1, 2, 3, 4]  # 3 was drawn ahead, unused, 4 on demand
+    assert drawn[:2] == [1, 2] and 4 in drawn  # 3 was asked for ahead (and maybe cancelled)
     with EpochData(make_pairs, ahead=False) as epochs:
         assert int(epochs.get(3, last=4)[0][0]) == 3

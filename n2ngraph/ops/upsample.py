@@ -12,10 +12,12 @@ dimensions of size 2 took 14 ms where two plain adds take 0.25 ms, batch 64):
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import torch
 
-from .base import VJP, Op, Shape, attribute, check_rank, register
+from .base import VJP, Op, Shape, attribute, check_rank, in_order, register
 
 
 @register
@@ -36,28 +38,34 @@ class UpsampleNearest(Op):
         n, c, h, w = shapes["x"]
         return {"rows": (n * c * h, w * self.scale)} if kernel == "grad_x" and self.scale > 1 else {}
 
+    def prepare(self, kernel, result, ws, /, **tensors):
+        """The views each kernel reads and writes, sliced once."""
+        return getattr(self, f"_{kernel}_calls")(result, ws, **tensors)
+
     def forward(self, out, ws, x):
+        self._forward_calls(out, ws, x)()
+
+    def grad_x(self, grad, ws, gout):
+        self._grad_x_calls(grad, ws, gout)()
+
+    def _forward_calls(self, out, ws, x):
         n, c, h, w = x.shape
         s = self.scale
         blocks = out.view(n * c * h, s, w, s)  # (row, phase of the row, column, phase)
         first = blocks[:, 0]
-        first.copy_(x.view(n * c * h, w, 1).expand(n * c * h, w, s))
-        for phase in range(1, s):
-            blocks[:, phase].copy_(first)
+        return in_order(functools.partial(first.copy_, x.view(n * c * h, w, 1).expand(n * c * h, w, s)),
+                        *[functools.partial(blocks[:, phase].copy_, first) for phase in range(1, s)])
 
-    def grad_x(self, grad, ws, gout):
+    def _grad_x_calls(self, grad, ws, gout):
         n, c, h, w = grad.shape
         s = self.scale
         if s == 1:
-            grad.copy_(gout)
-            return
+            return functools.partial(grad.copy_, gout)
         rows = ws["rows"]
         blocks = gout.view(n * c * h, s, w * s)
-        torch.add(blocks[:, 0], blocks[:, 1], out=rows)
-        for phase in range(2, s):
-            rows.add_(blocks[:, phase])
         columns = rows.view(n * c * h, w, s)
         flat = grad.view(n * c * h, w)
-        torch.add(columns[:, :, 0], columns[:, :, 1], out=flat)
-        for phase in range(2, s):
-            flat.add_(columns[:, :, phase])
+        return in_order(functools.partial(torch.add, blocks[:, 0], blocks[:, 1], out=rows),
+                        *[functools.partial(rows.add_, blocks[:, phase]) for phase in range(2, s)],
+                        functools.partial(torch.add, columns[:, :, 0], columns[:, :, 1], out=flat),
+                        *[functools.partial(flat.add_, columns[:, :, phase]) for phase in range(2, s)])
