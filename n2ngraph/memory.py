@@ -1,7 +1,8 @@
 """Pass 5: schedule -> ``MemoryPlan``: which buffer every value and scratch space uses.
 
 Liveness: a value lives from the step that writes it (inputs: before step 0) to the
-step of its last reader; a kernel's workspace lives during its own step only. Buffers
+step of its last reader; a kernel's workspace lives during its own step only, unless a
+VJP kernel of the same node reads it (``Op.shares``): then until that kernel. Buffers
 are handed out greedily in schedule order, best fit first, and a buffer returns to the
 pool after the last reader of its value has run, so a later value can reuse it.
 In place: when an op allows it (``inplace``) and the value it may overwrite dies at
@@ -114,17 +115,24 @@ def plan_memory(graph: nx.DiGraph, sched: Schedule, *, external: Iterable[str] =
     def lifetime(value: str, step: int) -> int:
         return math.inf if value in pinned else max(sched.last_use[value], step)
 
+    kept, shared = _shared_workspaces(graph, sched)
+    expiring: dict[int, list[str]] = {}
+    for key, last in kept.items():
+        expiring.setdefault(last, []).append(key)
     for value, kind in graph.nodes(data="kind"):
         if kind == "input":
             place(value, graph.nodes[value]["shape"], -1, lifetime(value, -1))
     for step, value in enumerate(sched.order):
         data = graph.nodes[value]
         scratch = data["op"].workspace(data["kernel"], kernel_shapes(graph, value))
-        workspaces[value] = {}
+        workspaces[value] = dict(shared.get(value, {}))
+        own = []
         for name, shape in scratch.items():
             key = f"{value}#{name}"
-            place(key, shape, step, step)
+            place(key, shape, step, kept.get(key, step))
             workspaces[value][name] = key
+            if key not in kept:
+                own.append(key)
         victim = data.get("inplace")
         if value in external:
             pass
@@ -138,7 +146,7 @@ def plan_memory(graph: nx.DiGraph, sched: Schedule, *, external: Iterable[str] =
             inplace.append((value, victim))
         else:
             place(value, data["shape"], step, lifetime(value, step))
-        for key in (*workspaces[value].values(), *sched.frees[step]):
+        for key in (*own, *expiring.get(step, ()), *sched.frees[step]):
             release(key)
         if sched.last_use.get(value, -1) < 0:
             release(value)  # written but never read (and not pinned): dead at once
@@ -146,3 +154,21 @@ def plan_memory(graph: nx.DiGraph, sched: Schedule, *, external: Iterable[str] =
                       intervals={k: (a, int(b) if b != math.inf else len(sched.order))
                                  for k, (a, b) in intervals.items()},
                       workspaces=workspaces, inplace=tuple(inplace), itemsize=itemsize)
+
+
+def _shared_workspaces(graph: nx.DiGraph, sched: Schedule):
+    """({forward workspace key: step of its last reading VJP kernel},
+    {VJP value: {workspace name: forward workspace key}}) from every ``Op.shares``."""
+    kept: dict[str, int] = {}
+    shared: dict[str, dict[str, str]] = {}
+    for step, value in enumerate(sched.order):
+        data = graph.nodes[value]
+        if data["kind"] == "op":
+            continue
+        for name, source in data["op"].shares(data["kernel"], kernel_shapes(graph, value)).items():
+            if source != "forward" or data["fwd"] not in sched.order:
+                raise ValueError(f"{value}: cannot share workspace {name!r} of {source!r}")
+            key = f"{data['fwd']}#{name}"
+            kept[key] = max(kept.get(key, step), step)
+            shared.setdefault(value, {})[name] = key
+    return kept, shared

@@ -78,6 +78,11 @@ def run_forward(op: Op, tensors: Tensors, *, alias: bool = False,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """``op.forward`` on copies of ``tensors``; with ``alias``, ``out`` IS the input
     named by ``op.inplace``. ``dtype`` is only needed for ops without inputs (seed)."""
+    return _forward(op, tensors, alias=alias, dtype=dtype)[0].clone()
+
+
+def _forward(op: Op, tensors: Tensors, *, alias: bool = False, dtype: torch.dtype | None = None):
+    """(out, workspaces) of the forward kernel, as it left them."""
     found_dtype, device = _dtype_device(tensors)
     arena = Arena(dtype or found_dtype, device)
     shapes = node_shapes(op, tensors)
@@ -93,7 +98,7 @@ def run_forward(op: Op, tensors: Tensors, *, alias: bool = False,
     op.forward(out, ws, **args)
     arena.check_guards(f"{op.name}.forward")
     _check_untouched(f"{op.name}.forward", tensors, args, op.inplace if alias else None)
-    return out.clone()
+    return out, ws
 
 
 def run_vjp(op: Op, role: str, tensors: Tensors, gout: torch.Tensor, *,
@@ -120,6 +125,10 @@ def run_vjp(op: Op, role: str, tensors: Tensors, gout: torch.Tensor, *,
         grad = arena.empty(shapes[role], f"grad {role!r}")
     ws = {name: arena.empty(shape, f"workspace {name!r}")
           for name, shape in op.workspace(rule.kernel, shapes).items()}
+    shared = op.shares(rule.kernel, shapes)
+    if shared:  # what the forward left in its workspaces, as the memory plan keeps it
+        forward_ws = _forward(op, tensors)[1]
+        ws.update({name: forward_ws[name] for name in shared})
     kernel = f"{op.name}.{rule.kernel}"
     getattr(op, rule.kernel)(grad, ws, **args)
     arena.check_guards(kernel)

@@ -93,6 +93,25 @@ def test_in_place_ops_take_over_the_buffer_they_kill():
     assert values["relu1"].data_ptr() == values["conv1"].data_ptr()
 
 
+def test_weight_gradients_read_the_forwards_column_matrix_kept_alive_for_them():
+    """Where one tile holds the batch, a conv's weight gradient reuses the forward's
+    im2col matrix: the plan hands it the forward's workspace and keeps that alive until
+    then (the overlap check above covers the longer life), and the numbers do not
+    change (test_network_parity trains these plans against torch)."""
+    compiled = _compiled(ROOT / "specs" / "noise2noise.yaml", shape=(4, 3, 32, 32))
+    plan, order = compiled.plan, compiled.schedule.order
+    kept = [v for v in order if v.endswith(".weight") and plan.workspaces[v].get("col", "").startswith(
+        v[len("grad:"):-len(".weight")] + "#")]
+    assert kept == ["grad:conv3.weight", "grad:conv2.weight", "grad:conv1.weight"]
+    for grad in kept:
+        key = plan.workspaces[grad]["col"]
+        assert plan.intervals[key] == (order.index(key.split("#")[0]), order.index(grad))
+    _check_no_overlap(compiled)
+    big = _compiled(ROOT / "specs" / "noise2noise.yaml", shape=(64, 3, 32, 32))  # many tiles
+    assert not any(w.get("col", "").split("#")[0] != v for v, w in big.plan.workspaces.items()
+                   if "col" in w)
+
+
 def test_memory_report_states_planned_against_unshared_bytes():
     plan = _compiled(ROOT / "specs" / "noise2noise.yaml").plan
     assert "MiB planned vs" in plan.report() and "without reuse" in plan.report()

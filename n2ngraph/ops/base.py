@@ -77,6 +77,13 @@ class Op:
         of the forward node: its inputs by role and its result as ``out``."""
         return {}
 
+    def shares(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, str]:
+        """Workspaces ``kernel`` (a VJP kernel) reads from its node's forward kernel
+        instead of having its own: {name: 'forward'}. The memory plan keeps the
+        forward's workspace of that name intact until this kernel has run, so work the
+        forward did (an im2col matrix) is not done again."""
+        return {}
+
     def describe(self) -> str:
         """One line for pictures and summaries: the op name and its attributes that
         differ from their defaults."""

@@ -86,6 +86,9 @@ class Conv2d(Op):
                             doc="which side the GEMMs unfold: input, output, none or auto")
     tile: int = attribute(int, default=0, minimum=0,
                           doc="output pixels per GEMM tile; 0: sized for a CPU's cache")
+    keep_columns: bool = attribute(bool, default=True,
+                                   doc="keep the forward's column matrix for the weight "
+                                       "gradient where one tile holds the batch")
 
     # ---- shapes ----------------------------------------------------------------
     def params(self) -> dict[str, Shape]:
@@ -129,6 +132,19 @@ class Conv2d(Op):
             return "input"
         return side
 
+    def keeps_columns(self, x: Shape, out: Shape) -> bool:
+        """Whether the weight gradient reads the forward's column matrix instead of
+        building its own: both unfold the input side and one tile holds the whole
+        batch, so the forward's ``col`` is exactly the matrix the gradient needs."""
+        n, _, ho, wo = out
+        return (self.keep_columns and self.side("forward") == self.side("grad_weight") == "input"
+                and len(_tiles(n, ho, wo, self.tile)) == 1)
+
+    def shares(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, str]:
+        if kernel == "grad_weight" and self.keeps_columns(shapes["x"], shapes["out"]):
+            return {"col": "forward"}
+        return {}
+
     def workspace(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
         n, c, h, w = shapes["x"]
         _, o, ho, wo = shapes["out"]
@@ -160,6 +176,8 @@ class Conv2d(Op):
         if kernel == "forward":
             return {"col": col, "yt": spread, **padded}
         if kernel == "grad_weight":
+            if self.keeps_columns(shapes["x"], shapes["out"]):
+                return {"gt": spread}  # and the forward's col
             return {"col": col, "gt": spread, **padded}
         return {"gcol": col, "gt": spread, **padded}
 
@@ -195,6 +213,12 @@ class Conv2d(Op):
 
     def _grad_weight_input_side(self, grad, ws, gout, x):
         g2d = grad.view(self.out_channels, -1)
+        if self.keeps_columns(x.shape, gout.shape):  # the forward's col, still intact
+            columns = gout.numel() // self.out_channels
+            col = ws["col"].view(-1)[:ws["col"].shape[0] * columns].view(-1, columns)
+            gt = ws["gt"].view(-1)[:gout.numel()].view(self.out_channels, columns)
+            return in_order(_channel_major(gout, gt),
+                            functools.partial(torch.mm, gt, col.t(), out=g2d))
         padded, calls = self._padded(x, ws.get("xpad"))
         tiles = self._tile_views(padded, gout.shape, ws["col"], ws["gt"])
         for i, ((n0, n1, r0, r1), col, windows, gt) in enumerate(tiles):
@@ -422,7 +446,8 @@ def _mirror_of(conv: Conv2d, side: str = "input") -> Conv2d:
     maps the output gradient to the input gradient, unfolding ``side``."""
     reach = (conv.kernel - 1) * conv.dilation
     return Conv2d(conv.out_channels, conv.in_channels, conv.kernel, padding=reach - conv.padding,
-                  dilation=conv.dilation, bias=False, unfold=side, tile=conv.tile)
+                  dilation=conv.dilation, bias=False, unfold=side, tile=conv.tile,
+                  keep_columns=False)
 
 
 def _flip_index(o: int, c: int, k: int) -> torch.Tensor:

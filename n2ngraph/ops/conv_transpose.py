@@ -56,7 +56,7 @@ class ConvTranspose2d(Op):
     @property
     def mirror(self) -> Conv2d:
         return Conv2d(self.out_channels, self.in_channels, self.kernel, stride=self.stride,
-                      dilation=self.dilation, bias=False)
+                      dilation=self.dilation, bias=False, keep_columns=False)
 
     # ---- shapes ----------------------------------------------------------------
     def params(self) -> dict[str, Shape]:

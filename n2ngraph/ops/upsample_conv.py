@@ -70,7 +70,7 @@ def fusable(conv: Op) -> bool:
 @functools.lru_cache(maxsize=None)
 def _phase_conv(conv: Conv2d) -> Conv2d:
     return Conv2d(conv.in_channels, conv.out_channels, 2, bias=conv.bias, unfold=conv.unfold,
-                  tile=conv.tile)
+                  tile=conv.tile, keep_columns=False)  # its kernels' workspaces are the op's own
 
 
 def _check_conv(_instance, _field, conv) -> None:
