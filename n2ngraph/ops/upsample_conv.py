@@ -119,10 +119,10 @@ class UpsampleConv2d(Op):
         o = self.conv.out_channels
         if self._shared(kernel):
             grid = n * (h + 2) * (w + 2)
-            xt, g, w_all = (c, grid), (16 * o, grid), (16 * o, c)
-            return {"forward": {"xt": xt, "w_all": w_all, "z": g},
-                    "grad_x": {"w_all": w_all, "g": g, "gxt": xt},
-                    "grad_weight": {"xt": xt, "g": g, "gw_all": w_all}}[kernel]
+            xt, g, w_all, by_phase = (c, grid), (16 * o, grid), (16 * o, c), (2, 2, o, n, h, w)
+            return {"forward": {"xt": xt, "w_all": w_all, "z": g, "by_phase": by_phase},
+                    "grad_x": {"w_all": w_all, "g": g, "gxt": xt, "by_phase": by_phase},
+                    "grad_weight": {"xt": xt, "g": g, "gw_all": w_all, "by_phase": by_phase}}[kernel]
         phase = {"x": (n, c, h + 1, w + 1), "out": (n, o, h, w)}
         own = {f"phase_{k}": s for k, s in _phase_conv(self.conv).workspace(kernel, phase).items()}
         padded = (n, c, h + 2, w + 2)
@@ -183,27 +183,27 @@ class UpsampleConv2d(Op):
 
     # ---- the four phases as one: their output side ---------------------------------
     def _prepare_shared_forward(self, out, ws, x, weight, bias=None):
-        xt, w_all, z = ws["xt"], ws["w_all"], ws["z"]
+        xt, w_all, z, by_phase = ws["xt"], ws["w_all"], ws["z"], ws["by_phase"]
         taps = [_tap_view(z, out.shape, t) for t in range(4)]
-        phases = _phases_view(out)
-        first = (functools.partial(phases.copy_, taps[0]) if bias is None else
-                 functools.partial(torch.add, taps[0], bias.view(1, 1, -1, 1, 1, 1), out=phases))
+        first = (functools.partial(by_phase.copy_, taps[0]) if bias is None else
+                 functools.partial(torch.add, taps[0], bias.view(1, 1, -1, 1, 1, 1), out=by_phase))
         return in_order(*_padded_channel_major(x, xt), self._all_weights(weight, w_all),
                         functools.partial(torch.mm, w_all, xt, out=z), first,
-                        *[functools.partial(phases.add_, tap) for tap in taps[1:]])
+                        *[functools.partial(by_phase.add_, tap) for tap in taps[1:]],
+                        *_interleaved(by_phase, out))
 
     def _prepare_shared_grad_x(self, grad, ws, gout, weight):
         w_all, g, gxt = ws["w_all"], ws["g"], ws["gxt"]
         n, c, h, w = grad.shape
         inner = gxt.view(c, n, h + 2, w + 2)[:, :, 1:h + 1, 1:w + 1].transpose(0, 1)
-        return in_order(self._all_weights(weight, w_all), *_gathered(gout, g),
+        return in_order(self._all_weights(weight, w_all), *_gathered(gout, g, ws["by_phase"]),
                         functools.partial(torch.mm, w_all.t(), g, out=gxt),
                         functools.partial(grad.copy_, inner))
 
     def _prepare_shared_grad_weight(self, grad, ws, gout, x):
         xt, g, gw_all = ws["xt"], ws["g"], ws["gw_all"]
         o, c = self.conv.out_channels, self.conv.in_channels
-        return in_order(*_padded_channel_major(x, xt), *_gathered(gout, g),
+        return in_order(*_padded_channel_major(x, xt), *_gathered(gout, g, ws["by_phase"]),
                         functools.partial(torch.mm, g, xt.t(), out=gw_all),
                         functools.partial(torch.mm, gw_all.view(16, o * c).t(), _taps16(grad),
                                           out=grad.view(o * c, 9)))
@@ -254,12 +254,25 @@ def _phases_view(big: torch.Tensor) -> torch.Tensor:
     return big.view(n, o, big_h // 2, 2, big_w // 2, 2).permute(3, 5, 1, 0, 2, 4)
 
 
-def _gathered(gout: torch.Tensor, g: torch.Tensor) -> list:
+def _interleaved(by_phase: torch.Tensor, big: torch.Tensor) -> list:
+    """Calls copying the phase-major (2, 2, O, N, h, w) maps into the (N, O, 2h, 2w) map
+    they interleave into, one column phase at a time.
+
+    The taps are summed phase-major first, where every add runs along contiguous rows:
+    added straight into the interleaved map, whose only unit stride is its 2-long
+    column phase, each add ran 3.5x slower (seed net, batch 4: 4 adds of 236 us against
+    67 us for the same adds and this copy)."""
+    phases = _phases_view(big)
+    return [functools.partial(phases[:, s].copy_, by_phase[:, s]) for s in range(2)]
+
+
+def _gathered(gout: torch.Tensor, g: torch.Tensor, by_phase: torch.Tensor) -> list:
     """Calls writing G: each phase's output gradient at each of its taps' shifts, zero
-    elsewhere (G is shaped like the forward's Z)."""
+    elsewhere (G is shaped like the forward's Z), from the output gradient taken apart
+    into its phases once (``by_phase``), for the reason ``_interleaved`` gives."""
     phases = _phases_view(gout)
-    return [g.zero_, *[functools.partial(_tap_view(g, gout.shape, t).copy_, phases)
-                       for t in range(4)]]
+    return [g.zero_, *[functools.partial(by_phase[:, s].copy_, phases[:, s]) for s in range(2)],
+            *[functools.partial(_tap_view(g, gout.shape, t).copy_, by_phase) for t in range(4)]]
 
 
 def _pad(x: torch.Tensor, xpad: torch.Tensor) -> list:
