@@ -19,3 +19,19 @@ def test_bench_prints_a_row_per_workload(capsys):
     assert any(r.startswith("| inference 16x16 |") for r in rows)
     assert "memory at batch 2: peak RSS added by training steps: n2ngraph" in out
     assert "n2ngraph planned" in out
+
+
+def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path):
+    """tools/gpu_check runs the CUDA tests and GPU benchmarks; where no GPU is, it says
+    so and exits 2 before running anything."""
+    import subprocess
+
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check would run for real")
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check"), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr
+    assert not any((tmp_path / "out").iterdir())
