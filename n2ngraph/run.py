@@ -162,7 +162,8 @@ def _config(spec: Spec, args, **extra):
     values = dict(epochs=args.epochs, batch=args.batch, lr=args.lr, pairs=args.pairs,
                   seed=args.seed, noise=args.noise, data=args.data, val_count=args.val_count,
                   device=_device(args.device), optimizer=args.optimizer, schedule=args.schedule,
-                  clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop)
+                  clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop,
+                  float64=args.float64 or None, tf32=args.tf32 or None)
     values.update(extra)
     return TrainConfig.from_spec(spec, **values)
 
@@ -263,7 +264,13 @@ def do_resume(args) -> int:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
     text = spec_path.read_text()
     spec = parse_spec(text, file=str(spec_path))
-    dtype = _dtype(args)
+    for flag, recorded in (("float64", config.float64), ("tf32", config.tf32)):
+        if getattr(args, flag) and not recorded:
+            raise UsageError(f"--{flag}: {directory} was trained without it, and a resumed run "
+                             f"keeps the arithmetic it started with")
+    if config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dtype = torch.float64 if config.float64 else torch.float32
     model = _model(spec, config, dtype, args)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.restore()

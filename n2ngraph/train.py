@@ -58,6 +58,8 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     augment: bool = False
     from_weights: str | None = None  # the checkpoint a fine-tuning run started from
+    float64: bool = False  # the arithmetic, which a resumed run must keep to stay bit-identical
+    tf32: bool = False
 
     @classmethod
     def from_spec(cls, spec: Spec, **overrides) -> "TrainConfig":

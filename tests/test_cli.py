@@ -60,6 +60,23 @@ def test_an_interrupted_run_resumes_bit_identically(trained, tmp_path):
     assert column == [r.split(",")[1] for r in (run / "metrics.csv").read_text().splitlines()]
 
 
+def test_a_resumed_run_keeps_the_arithmetic_it_was_started_with(tmp_path, capsys):
+    """A float64 run resumed without --float64 goes on in float64 (config.json records
+    it), bit-identically; a flag the run was not trained with is refused."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main([SPEC, "--train", "--run", str(whole), "--epochs", "1", *QUICK, "--float64"]) == 0
+    assert main([SPEC, "--train", "--run", str(split), "--epochs", "1", *QUICK, "--float64",
+                 "--max-steps", "7"]) == 0
+    assert main(["--resume", str(split), "--no-progress"]) == 0
+    expected, _, _, _ = load_checkpoint(whole / "last.safetensors")
+    resumed, _, _, _ = load_checkpoint(split / "last.safetensors")
+    for name, value in expected.items():
+        assert value.dtype == torch.float64 and torch.equal(resumed[name], value), name
+    capsys.readouterr()
+    assert main(["--resume", str(split), "--no-progress", "--tf32"]) == 2
+    assert "--tf32" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_stops_after_the_step_and_resumes_bit_identically(trained, tmp_path, monkeypatch,
                                                                    capsys, signum):
