@@ -359,7 +359,7 @@ class Conv2d(Op):
         o, c, k2 = self.out_channels, self.in_channels, self.kernel * self.kernel
         hp, wp, offsets, tiles = self._shifts(x.shape, out.shape)
         wo = out.shape[3]
-        calls = [*self._flat_padded(x, xt, hp, wp),
+        calls = [*flat_padded(x, xt, self.padding),
                  functools.partial(w_taps.copy_, weight.view(o, c, k2).permute(2, 0, 1))]
         for n0, n1, r0, r1, start, columns in tiles:
             y = yt.view(-1)[:o * columns].view(o, columns)
@@ -378,7 +378,7 @@ class Conv2d(Op):
         n, _, ho, wo = gout.shape
         hp, wp, offsets, tiles = self._shifts(x.shape, gout.shape)
         grid = gt.view(o, n, hp, wp)  # gy on the padded grid, zero where no output is
-        calls = [*self._flat_padded(x, xt, hp, wp),
+        calls = [*flat_padded(x, xt, self.padding),
                  functools.partial(grid[:, :, :ho, :wo].copy_, gout.transpose(0, 1)),
                  *_zeros_outside(grid, (0, ho), (0, wo))]
         for i, (*_, start, columns) in enumerate(tiles):
@@ -407,16 +407,6 @@ class Conv2d(Op):
                  for n0, n1, r0, r1 in _tiles(n, ho, wp, self.tile or TAP_TILE_COLUMNS)]
         return hp, wp, offsets, tiles
 
-    def _flat_padded(self, x, xt, hp, wp) -> list:
-        """Calls that write x, zero-padded, into the flat channel-major ``xt``; the
-        columns past the last sample are what the last taps read beyond it: zeros."""
-        n, c, h, w = x.shape
-        p = self.padding
-        grid = xt[:, :n * hp * wp].view(c, n, hp, wp)
-        tail = xt[:, n * hp * wp:]
-        return [functools.partial(grid[:, :, p:p + h, p:p + w].copy_, x.transpose(0, 1)),
-                *_zeros_outside(grid, (p, p + h), (p, p + w)),
-                *([tail.zero_] if tail.shape[1] else [])]
 
     # ---- the input side's windows ----------------------------------------------
     def _windows(self, padded: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
@@ -463,11 +453,12 @@ untiled (56 ms of it the im2col copy) and 56 ms in tiles of 1,024 columns."""
 
 
 ZERO_WHOLE_BELOW = 2**17
-"""The output side's gathered gradient (O*k*k, N*H*W) is zeroed whole, once, and then
-filled tap by tap, when it holds fewer values than this; larger, only the strips that
-no tap writes are zeroed. On small batches the number of tensor ops, not the bytes,
-sets the pace: at batch 4 the seed net's 24 -> 3 conv gathers in 10 calls instead of
-21, for each of its two gradients. Its training step on one thread, whole against
+"""A workspace only partly written by copies (the output side's gathered gradient
+(O*k*k, N*H*W), a zero-padded input) is zeroed whole, once, before them when it holds
+fewer values than this; larger, only the strips that no copy writes are zeroed. On
+small batches the number of tensor ops, not the bytes, sets the pace: at batch 4 the
+seed net's 24 -> 3 conv gathers in 10 calls instead of 21, for each of its two
+gradients. Its training step on one thread, whole against
 strips, in one process (three runs): batch 4 8-20% faster, batch 8 8-18%; on two
 threads within the noise."""
 
@@ -503,6 +494,24 @@ def _overlap(shift: int, size: int, out_size: int):
     if i0 >= i1:
         return None, None
     return (i0, i1), (i0 + shift, i1 + shift)
+
+
+def flat_padded(x: torch.Tensor, xt: torch.Tensor, padding: int) -> list:
+    """Calls that write x (N, C, H, W), zero-padded by ``padding``, into the flat
+    channel-major ``xt`` (C, N*Hp*Wp, then any columns past the last sample, which the
+    last taps of a no-unfold conv read beyond it: zeros). A small ``xt`` is zeroed whole
+    before the copy, a large one only where the copy does not write (ZERO_WHOLE_BELOW
+    says why)."""
+    n, c, h, w = x.shape
+    p = padding
+    hp, wp = h + 2 * p, w + 2 * p
+    grid = xt[:, :n * hp * wp].view(c, n, hp, wp)
+    copy = functools.partial(grid[:, :, p:p + h, p:p + w].copy_, x.transpose(0, 1))
+    if xt.numel() < ZERO_WHOLE_BELOW:
+        return [xt.zero_, copy]
+    tail = xt[:, n * hp * wp:]
+    return [copy, *_zeros_outside(grid, (p, p + h), (p, p + w)),
+            *([tail.zero_] if tail.shape[1] else [])]
 
 
 def _zeros_outside(plane: torch.Tensor, rows, cols) -> list:

@@ -39,7 +39,7 @@ import torch
 
 from ..errors import SpecError
 from .base import VJP, Op, Shape, check_rank, constant, in_order
-from .conv2d import Conv2d
+from .conv2d import Conv2d, flat_padded
 
 # ROWS[r][alpha]: the 3x3 kernel rows that phase r's 2x2 tap alpha adds up
 ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
@@ -188,7 +188,7 @@ class UpsampleConv2d(Op):
         taps = [_tap_view(z, out.shape, t) for t in range(4)]
         first = (functools.partial(by_phase.copy_, taps[0]) if bias is None else
                  functools.partial(torch.add, taps[0], bias.view(1, 1, -1, 1, 1, 1), out=by_phase))
-        return in_order(*_padded_channel_major(x, xt), self._all_weights(weight, w_all),
+        return in_order(*flat_padded(x, xt, 1), self._all_weights(weight, w_all),
                         functools.partial(torch.mm, w_all, xt, out=z), first,
                         *[functools.partial(by_phase.add_, tap) for tap in taps[1:]],
                         *_interleaved(by_phase, out))
@@ -204,7 +204,7 @@ class UpsampleConv2d(Op):
     def _prepare_shared_grad_weight(self, grad, ws, gout, x):
         xt, g, gw_all = ws["xt"], ws["g"], ws["gw_all"]
         o, c = self.conv.out_channels, self.conv.in_channels
-        return in_order(*_padded_channel_major(x, xt), *_gathered(gout, g, ws["by_phase"]),
+        return in_order(*flat_padded(x, xt, 1), *_gathered(gout, g, ws["by_phase"]),
                         functools.partial(torch.mm, g, xt.t(), out=gw_all),
                         functools.partial(torch.mm, gw_all.view(16, o * c).t(), _taps16(grad),
                                           out=grad.view(o * c, 9)))
@@ -225,13 +225,6 @@ class UpsampleConv2d(Op):
 def _taps16(like: torch.Tensor) -> torch.Tensor:
     """TAPS as a (16, 9) matrix: row 4 * phase + tap."""
     return taps_matrix(like).view(16, 9)
-
-
-def _padded_channel_major(x: torch.Tensor, xt: torch.Tensor) -> list:
-    """Calls writing x, zero-padded by one pixel, into ``xt`` as (C, N, h+2, w+2)."""
-    n, c, h, w = x.shape
-    grid = xt.view(c, n, h + 2, w + 2)
-    return [xt.zero_, functools.partial(grid[:, :, 1:h + 1, 1:w + 1].copy_, x.transpose(0, 1))]
 
 
 def _tap_view(z: torch.Tensor, out_shape, tap: int) -> torch.Tensor:
