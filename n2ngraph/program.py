@@ -182,11 +182,26 @@ class Program:
                 raise ValueError(f"input '{name}' has shape {tuple(t.shape)}, expected {shapes[name]}")
         return bound, shapes
 
-    def _replay(self, kind: str, shapes: Mapping[str, Shape], body) -> Replay:
+    def _replay(self, kind: str, shapes: Mapping[str, Shape], executable: Executable) -> Replay:
+        """The CUDA graph of ``executable``'s plan, its body made on first use: for
+        training, the kernels, clipping and the optimizer's update; for inference, the
+        kernels."""
         key = (kind, tuple(sorted(shapes.items())))
-        if key not in self._replays:
-            self._replays[key] = Replay(body)
-        return self._replays[key]
+        replay = self._replays.get(key)
+        if replay is None:
+            replay = self._replays[key] = Replay(
+                self._training_body(executable) if kind == "train" else executable.run_kernels)
+        return replay
+
+    def _training_body(self, executable: Executable):
+        optimizer, clip = self.optimizer, self.clip
+
+        def body() -> None:
+            executable.run_kernels()
+            if clip is not None:
+                clip()
+            optimizer.update(*optimizer.device_scalars())
+        return body
 
     def _run_training_graph(self, inputs: Sequence[torch.Tensor]) -> float:
         """Binds the inputs (spec order), checks their shapes, runs forward and backward
@@ -268,20 +283,13 @@ class Program:
         optimizer's update, reading this step's learning rate from the device."""
         bound, shapes = self._training_inputs(inputs)
         executable = self.compiled("train", shapes).executable
-        optimizer, clip = self.optimizer, self.clip
-
-        def body() -> None:
-            executable.run_kernels()
-            if clip is not None:
-                clip()
-            optimizer.update(*optimizer.device_scalars())
-
+        replay, optimizer = self._replay("train", shapes, executable), self.optimizer
         executable.load(bound)
         optimizer.load_device_scalars()
         if optimizer.steps == 0:  # SGD's first step takes a branch of its own: not recorded
-            body()
+            replay.body()
         else:
-            self._replay("train", shapes, body)()
+            replay()
         optimizer.steps += 1
         return executable.values[self.spec.loss].item()
 
@@ -298,7 +306,7 @@ class Program:
         executable = self.compiled("infer", shapes).executable
         if self.cuda_graphs:
             executable.load({first: x})
-            self._replay("infer", shapes, executable.run_kernels)()
+            self._replay("infer", shapes, executable)()
         else:
             executable.run({first: x})
         result = executable.values[self.spec.output]

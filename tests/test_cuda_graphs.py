@@ -55,6 +55,36 @@ def test_update_from_device_scalars_matches_the_float_update(case, dtype):
         assert not torch.equal(params[k], torch.zeros_like(params[k]))
 
 
+def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch):
+    """Everything of the GPU path but the recording itself, on the CPU: a stand-in for
+    Replay runs its body. Adam, weight decay, clipping and a learning rate that changes
+    every step, through device_scalars; inference through its own body."""
+    class RunsItsBody:
+        def __init__(self, body):
+            self.body, self.calls, self.graph = body, 0, None
+
+        def __call__(self):
+            self.body()
+            self.calls += 1
+
+    monkeypatch.setattr(ng.program, "Replay", RunsItsBody)
+    spec = ng.load_spec(ROOT / "specs" / "unet.yaml")
+    options = {"dtype": torch.float64, "seed": 3, "clip_grad_norm": 0.05,
+               "optimizer": OptimizerSpec(name="adam", lr=2e-3, weight_decay=1e-4)}
+    launched, replayed = (ng.compile(spec, (2, 3, 32, 32), **options) for _ in range(2))
+    replayed.cuda_graphs = True  # what a CUDA device sets
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        x, t = (torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(2))
+        launched.optimizer.lr = replayed.optimizer.lr = 2e-3 / (1 + step)
+        assert replayed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-12)
+    photo = torch.rand(1, 3, 20, 28, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(replayed.forward(photo), launched.forward(photo), rtol=1e-12, atol=1e-12)
+    assert [r.calls for r in replayed._replays.values()] == [4, 1]  # the first step ran bare
+    for name, p in launched.params.items():
+        assert relative(replayed.params[name], p) < 1e-12, name
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
