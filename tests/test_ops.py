@@ -765,9 +765,9 @@ def test_upsample_conv2d_shares_one_gemm_across_phases_on_the_output_side():
     """The op table's 'upsample_conv2d-output' case checks the shared kernels against
     torch and finite differences; this checks that they are the ones it runs."""
     kernels = ("forward", "grad_x", "grad_weight")
-    assert all(UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output"))._shared(k) for k in kernels)
-    assert all(UpsampleConv2d(Conv2d(24, 3, 3, padding=1))._shared(k) for k in kernels)  # seed net
-    assert not any(UpsampleConv2d(Conv2d(24, 24, 3, padding=1))._shared(k) for k in kernels)
+    assert all(UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output"))._as_one(k) for k in kernels)
+    assert all(UpsampleConv2d(Conv2d(24, 3, 3, padding=1))._as_one(k) for k in kernels)  # seed net
+    assert not any(UpsampleConv2d(Conv2d(24, 24, 3, padding=1))._as_one(k) for k in kernels)
 
 
 @pytest.mark.parametrize("conv", [Conv2d(2, 2, 5, padding=2), Conv2d(2, 2, 3, padding=1, stride=2),

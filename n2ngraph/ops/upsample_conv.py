@@ -23,10 +23,10 @@ net's 24 -> 3), the four phases share their work instead: one GEMM computes all 
 taps, ``Z = W(16*O, C) @ X(C, N*(h+2)*(w+2))`` over the zero-padded, channel-major
 input ``X``, and tap (alpha, beta) of every phase is then one strided add: the phase
 index and the tap's shift both move linearly through ``Z``, so one view spans all
-four phases. The taps are summed into a phase-major buffer and
-interleaved into the output once (``_interleaved`` says why). The gradients gather the
-output gradient the same way (4 strided copies into ``G``, shaped like ``Z``), then
-``gX = W^T @ G`` and ``gW = G @ X^T``. A step of the seed net at batch 4 then makes 32
+four phases. The taps are summed into a phase-major buffer and interleaved into the
+output once (``_interleaved`` says why). The gradients gather the output gradient the
+same way (4 strided copies into ``G``, shaped like ``Z``), then ``gX = W^T @ G`` and
+``gW = G @ X^T``. A step of the seed net at batch 4 then makes 32
 tensor calls for this op instead of 110.
 """
 
@@ -108,8 +108,8 @@ class UpsampleConv2d(Op):
         big = self.conv.infer(x=(n, c, 2 * h, 2 * w))
         return big
 
-    def _shared(self, kernel: str) -> bool:
-        """Whether ``kernel`` runs the four phases as one (their output side)."""
+    def _as_one(self, kernel: str) -> bool:
+        """Whether ``kernel`` runs the four phases as one GEMM (their output side)."""
         return _phase_conv(self.conv).side(kernel) == "output"
 
     # ---- workspaces: the padded input, phase weights, and one phase conv's own ----------
@@ -118,7 +118,7 @@ class UpsampleConv2d(Op):
             return {}
         n, c, h, w = shapes["x"]
         o = self.conv.out_channels
-        if self._shared(kernel):
+        if self._as_one(kernel):
             grid = n * (h + 2) * (w + 2)
             xt, g, w_all, by_phase = (c, grid), (16 * o, grid), (16 * o, c), (2, 2, o, n, h, w)
             return {"forward": {"xt": xt, "w_all": w_all, "z": g, "by_phase": by_phase},
@@ -138,8 +138,8 @@ class UpsampleConv2d(Op):
     def prepare(self, kernel, result, ws, /, **tensors):
         if kernel == "grad_bias":
             return functools.partial(torch.sum, tensors["gout"], dim=(0, 2, 3), out=result)
-        shared = "_shared" if self._shared(kernel) else ""
-        return getattr(self, f"_prepare{shared}_{kernel}")(result, ws, **tensors)
+        as_one = "_as_one" if self._as_one(kernel) else ""
+        return getattr(self, f"_prepare{as_one}_{kernel}")(result, ws, **tensors)
 
     def forward(self, out, ws, x, weight, bias=None):
         self.prepare("forward", out, ws, x=x, weight=weight, bias=bias)()
@@ -183,7 +183,7 @@ class UpsampleConv2d(Op):
                       functools.partial(torch.sum, gw_taps, dim=0, out=grad.view(o * c, 9)))
 
     # ---- the four phases as one: their output side ---------------------------------
-    def _prepare_shared_forward(self, out, ws, x, weight, bias=None):
+    def _prepare_as_one_forward(self, out, ws, x, weight, bias=None):
         xt, w_all, z, by_phase = ws["xt"], ws["w_all"], ws["z"], ws["by_phase"]
         taps = [_tap_view(z, out.shape, t) for t in range(4)]
         first = (functools.partial(by_phase.copy_, taps[0]) if bias is None else
@@ -193,7 +193,7 @@ class UpsampleConv2d(Op):
                         *[functools.partial(by_phase.add_, tap) for tap in taps[1:]],
                         *_interleaved(by_phase, out))
 
-    def _prepare_shared_grad_x(self, grad, ws, gout, weight):
+    def _prepare_as_one_grad_x(self, grad, ws, gout, weight):
         w_all, g, gxt = ws["w_all"], ws["g"], ws["gxt"]
         n, c, h, w = grad.shape
         inner = gxt.view(c, n, h + 2, w + 2)[:, :, 1:h + 1, 1:w + 1].transpose(0, 1)
@@ -201,7 +201,7 @@ class UpsampleConv2d(Op):
                         functools.partial(torch.mm, w_all.t(), g, out=gxt),
                         functools.partial(grad.copy_, inner))
 
-    def _prepare_shared_grad_weight(self, grad, ws, gout, x):
+    def _prepare_as_one_grad_weight(self, grad, ws, gout, x):
         xt, g, gw_all = ws["xt"], ws["g"], ws["gw_all"]
         o, c = self.conv.out_channels, self.conv.in_channels
         return in_order(*flat_padded(x, xt, 1), *_gathered(gout, g, ws["by_phase"]),
