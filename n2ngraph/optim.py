@@ -144,8 +144,8 @@ class Adam(_Optimizer):
         v_max = max(v_max, v)        (amsgrad; v_max replaces v below)
         p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
-    The bias corrections change every step; they live in 0-dim tensors refilled in place
-    so a step allocates nothing.
+    The second moment's bias correction changes every step; it lives in a 0-dim tensor
+    refilled once a step (or read from ``device_scalars``) so a step allocates nothing.
     """
 
     def __init__(self, params: Tensors, grads: Tensors, config: OptimizerSpec):
@@ -156,8 +156,8 @@ class Adam(_Optimizer):
         self.denom = {k: torch.empty_like(p) for k, p in params.items()}
         self.scratch = {k: torch.empty_like(p) for k, p in params.items()} \
             if config.weight_decay else {}
-        self.correction = {k: torch.empty((), dtype=p.dtype, device=p.device)
-                           for k, p in params.items()}
+        first = next(iter(params.values()))
+        self.correction = torch.empty((), dtype=first.dtype, device=first.device)
 
     def scalars(self) -> tuple[float, float]:
         """(-lr / (1 - beta1^t), sqrt(1 - beta2^t)): the step size and the second
@@ -169,6 +169,8 @@ class Adam(_Optimizer):
     def update(self, neg_step_size, correction2_sqrt) -> None:
         c = self.config
         beta1, beta2 = c.betas
+        recorded = isinstance(neg_step_size, torch.Tensor)  # in a CUDA graph: no host values
+        correction = correction2_sqrt if recorded else self.correction.fill_(correction2_sqrt)
         for name, param in self.params.items():
             g = self.grads[name]
             if c.weight_decay:
@@ -179,11 +181,10 @@ class Adam(_Optimizer):
             if c.amsgrad:
                 v = torch.maximum(self.max_exp_avg_sq[name], v, out=self.max_exp_avg_sq[name])
             torch.sqrt(v, out=denom)
-            if isinstance(correction2_sqrt, torch.Tensor):  # recorded: no value on the host
-                denom.div_(correction2_sqrt).add_(scalar(c.eps, denom)).div_(neg_step_size)
-                param.addcdiv_(m, denom)
+            denom.div_(correction).add_(scalar(c.eps, denom))
+            if recorded:
+                param.addcdiv_(m, denom.div_(neg_step_size))
             else:
-                denom.div_(self.correction[name].fill_(correction2_sqrt)).add_(scalar(c.eps, denom))
                 param.addcdiv_(m, denom, value=neg_step_size)
 
 
