@@ -1,0 +1,103 @@
+"""tools/training_photos: the folder it writes trains on what it says and holds out the
+same validation photos as the default data. No download here: the wheels are stand-ins
+built in the test, with the same member paths and encodings as the real ones."""
+
+from __future__ import annotations
+
+import bz2
+import importlib.machinery
+import importlib.util
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import ROOT
+from n2ngraph import data as datasets
+from n2ngraph.train import TrainConfig, prepare_data
+
+
+def _load_tool():
+    loader = importlib.machinery.SourceFileLoader("training_photos", str(ROOT / "tools" / "training_photos"))
+    spec = importlib.util.spec_from_loader("training_photos", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+tool = _load_tool()
+
+
+@pytest.mark.parametrize("train_count", range(8, 13))
+def test_validation_photos_land_where_the_runner_holds_out(train_count):
+    train = [f"t{i}" for i in range(train_count)]
+    names = tool.ordered(train, ["coffee", "rocket"])
+    assert names[4::5] == ["coffee", "rocket"]
+    assert [n for n in names if n.startswith("t")] == train  # training order kept
+
+
+@pytest.mark.parametrize("train_count", [6, 7, 13, 20])
+def test_too_few_or_too_many_photos_for_the_hold_out_rule_is_refused(train_count):
+    with pytest.raises(ValueError, match="2 validation photos need between 10 and 14"):
+        tool.ordered([f"t{i}" for i in range(train_count)], ["coffee", "rocket"])
+
+
+def _fake_wheel(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, raw in members.items():
+            wheel.writestr(name, raw)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")  # lossless, so the test can compare
+    return out.getvalue()
+
+
+def test_photos_are_read_out_of_wheels_without_downloading(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    china = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    flower = rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)
+    _fake_wheel(tmp_path / "scikit_learn-9.9-py3-none-any.whl",
+                {"sklearn/datasets/images/china.jpg": _png(china),
+                 "sklearn/datasets/images/flower.jpg": _png(flower)})
+    _fake_wheel(tmp_path / "scipy-1.9.3-cp310-cp310-manylinux2014_x86_64.whl",
+                {"scipy/misc/face.dat": bz2.compress(face.tobytes())})
+    monkeypatch.setattr(tool.subprocess, "run", lambda *a, **k: pytest.fail("tried to download"))
+    photos = tool.wheel_photos(tmp_path)
+    assert sorted(photos) == ["china", "face", "flower"]
+    np.testing.assert_array_equal(photos["face"][0], face)
+    np.testing.assert_array_equal(photos["china"][0], china)
+    np.testing.assert_array_equal(photos["flower"][0], flower)
+    assert "CC BY 2.0" in photos["china"][1]
+
+
+def test_a_failed_download_names_the_package(tmp_path, monkeypatch):
+    class Failed:
+        returncode, stdout, stderr = 1, "", "ERROR: No matching distribution found for scipy==1.9.3"
+
+    monkeypatch.setattr(tool.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(SystemExit, match=r"could not download scipy==1\.9\.3.*No matching"):
+        tool.wheel_for("scipy==1.9.3", tmp_path)
+
+
+def test_the_written_folder_trains_on_all_but_the_validation_photos(tmp_path):
+    rng = np.random.default_rng(1)
+    names = ["astronaut", "coffee", "rocket"] + [f"extra{i}" for i in range(8)]
+    photos = {n: (rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), f"source of {n}")
+              for n in names}
+    written = tool.write_folder(tmp_path, photos, ["coffee", "rocket"])
+    assert len(written) == 11 and all(p.suffix == ".png" for p in written)
+    loaded = datasets.load_folder(tmp_path)
+    for path in written:
+        name = path.stem.split("_", 1)[1]
+        assert torch.equal(loaded[path.name], torch.from_numpy(photos[name][0]).permute(2, 0, 1))
+    sources = (tmp_path / "SOURCES.txt").read_text().splitlines()
+    assert len(sources) == 12 and "04_coffee.png\t48x40\tvalidation\tsource of coffee" in sources
+    data = prepare_data(TrainConfig(epochs=1, batch=2, lr=0.1, pairs=4, seed=0, crop=16,
+                                    data=str(tmp_path), val_count=4))
+    assert "validation: 4 crops of 04_coffee.png, 09_rocket.png" in data.description
