@@ -8,6 +8,7 @@ import bz2
 import importlib.machinery
 import importlib.util
 import io
+import sys
 import zipfile
 
 import numpy as np
@@ -101,3 +102,17 @@ def test_the_written_folder_trains_on_all_but_the_validation_photos(tmp_path):
     data = prepare_data(TrainConfig(epochs=1, batch=2, lr=0.1, pairs=4, seed=0, crop=16,
                                     data=str(tmp_path), val_count=4))
     assert "validation: 4 crops of 04_coffee.png, 09_rocket.png" in data.description
+
+
+def test_an_installed_package_is_read_before_any_wheel(tmp_path, monkeypatch):
+    """A package on the path with the image file is used as it is: no wheel, no pip."""
+    china = np.full((20, 30, 3), 7, dtype=np.uint8)
+    images = tmp_path / "site" / "sklearn" / "datasets" / "images"
+    images.mkdir(parents=True)
+    (tmp_path / "site" / "sklearn" / "__init__.py").write_text("")
+    (images / "china.jpg").write_bytes(_png(china))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "sklearn", raising=False)
+    assert tool.installed_file("sklearn/datasets/images/china.jpg") == images / "china.jpg"
+    assert tool.installed_file("sklearn/datasets/images/flower.jpg") is None
+    assert tool.installed_file("no_such_package_here/x.jpg") is None
