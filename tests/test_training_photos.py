@@ -116,3 +116,22 @@ def test_an_installed_package_is_read_before_any_wheel(tmp_path, monkeypatch):
     assert tool.installed_file("sklearn/datasets/images/china.jpg") == images / "china.jpg"
     assert tool.installed_file("sklearn/datasets/images/flower.jpg") is None
     assert tool.installed_file("no_such_package_here/x.jpg") is None
+
+
+def test_a_folder_that_is_not_empty_is_refused_before_any_work(tmp_path, capsys):
+    """Another photo in it would shift which files the runner holds out."""
+    (tmp_path / "mine.png").write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        tool.main([str(tmp_path)])
+    assert stop.value.code == 2
+    assert "is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.png"]
+
+
+def test_unknown_or_validation_names_in_without_are_refused(tmp_path, capsys):
+    for without, message in [("retina,nosuch", "unknown photo(s) nosuch"),
+                             ("coffee", "are the validation photos")]:
+        with pytest.raises(SystemExit) as stop:
+            tool.main([str(tmp_path / "out"), "--without", without])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
