@@ -75,6 +75,7 @@ def test_photos_are_read_out_of_wheels_without_downloading(tmp_path, monkeypatch
     np.testing.assert_array_equal(photos["china"][0], china)
     np.testing.assert_array_equal(photos["flower"][0], flower)
     assert "CC BY 2.0" in photos["china"][1]
+    assert sorted(tool.wheel_photos(tmp_path, frozenset({"face"}))) == ["china", "flower"]
 
 
 def test_a_failed_download_names_the_package(tmp_path, monkeypatch):
