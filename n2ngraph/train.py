@@ -100,6 +100,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def held_out(names: list[str]) -> list[str]:
+    """The validation photos of a folder, by sorted file name: every fifth (the first of a
+    folder of fewer than five). tools/training_photos orders its files by this rule."""
+    return names[4::5] or names[:1]
+
+
 def prepare_data(config: TrainConfig) -> Data:
     noise = datasets.parse_noise(config.noise)
     source = config.data
@@ -127,7 +133,7 @@ def prepare_data(config: TrainConfig) -> Data:
     else:
         photos = datasets.load_folder(source)
         names = sorted(photos)
-        val_names = names[4::5] or names[:1]
+        val_names = held_out(names)
         train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
         val = {k: photos[k] for k in val_names}
         where = f"{len(names)} photos in {source}"
