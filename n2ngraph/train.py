@@ -136,7 +136,7 @@ def prepare_data(config: TrainConfig) -> Data:
         val_names = held_out(names)
         train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
         val = {k: photos[k] for k in val_names}
-        where = f"{len(names)} photos in {source}"
+        where = f"{len(train)} of the {len(names)} photos in {source}"
     val_noisy, val_clean = datasets.validation_set(val, config.val_count, config.crop, noise,
                                                    config.seed)
 

@@ -102,6 +102,7 @@ def test_the_written_folder_trains_on_all_but_the_validation_photos(tmp_path):
     assert len(sources) == 12 and "04_coffee.png\t48x40\tvalidation\tsource of coffee" in sources
     data = prepare_data(TrainConfig(epochs=1, batch=2, lr=0.1, pairs=4, seed=0, crop=16,
                                     data=str(tmp_path), val_count=4))
+    assert f"from 9 of the 11 photos in {tmp_path}" in data.description
     assert "validation: 4 crops of 04_coffee.png, 09_rocket.png" in data.description
 
 
