@@ -14,6 +14,12 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
 - on a GPU (``--device cuda``) also *n2ngraph launched*: n2ngraph without CUDA graphs,
   every kernel launched from Python; and every contender in float32 with TF32 off
   (PyTorch's convolutions would otherwise use TF32 by default, n2ngraph's GEMMs not).
+- **tensor ops per training step** (``--ops``, instead of the timing, on the CPU): the
+  tensor ops one step sends to a backend, views left out, for n2ngraph and eager
+  (a conv and its backward count as one op each, whatever the library runs). On a GPU a replayed step launches the kernels of n2ngraph's ops, eager's step
+  launches its ops one by one from Python, so at small batches these counts, not the
+  arithmetic, set the pace. ``--schedule-of cuda`` counts on the CPU the plan n2ngraph
+  builds for a GPU (``rewrite.for_device``: untiled convolutions).
 - **memory** at the largest batch: for each contender, in a fresh child process, the
   peak resident set size while building the model and running 3 training steps, less
   the resident size of the process with torch and its data ready (the peak is reset
@@ -40,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -133,6 +140,42 @@ def bench_train(spec, batch: int, names, args) -> dict[str, float]:
             call()
     per_step = interleaved(calls, rounds=args.rounds, steps=args.steps, device=args.device)
     return {n: batch / s for n, s in per_step.items()}
+
+
+class _KernelCount(TorchDispatchMode):
+    """Counts the tensor ops that reach a backend, views left out (they launch nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(spec, batch: int, args) -> dict[str, int]:
+    """Tensor ops (views left out) in one training step of n2ngraph and of eager, on the
+    CPU, where autograd runs the backward on the calling thread (on a GPU it has a
+    thread of its own, which a dispatch mode does not see)."""
+    import n2ngraph.program as program
+
+    x, t = _pair(spec, batch, spec.train.crop, "cpu")
+    lower = program.for_device
+    if args.schedule_of:  # plans (compiled on first use) lowered for that device
+        program.for_device = lambda graph, _device: lower(graph, torch.device(args.schedule_of))
+    counts = {}
+    try:
+        for name in ("n2ngraph", "eager"):
+            model = build(name, spec, "cpu")
+            for _ in range(3):
+                model.train_step(x, t)
+            with _KernelCount() as counter:
+                model.train_step(x, t)
+            counts[name] = counter.count
+    finally:
+        program.for_device = lower
+    return counts
 
 
 def bench_inference(spec, size: int, names, args) -> dict[str, float]:
@@ -233,6 +276,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-timing", action="store_true", help="only the memory measurement")
+    p.add_argument("--ops", action="store_true",
+                   help="count the tensor ops of a training step instead of timing (CPU)")
+    p.add_argument("--schedule-of", choices=("cpu", "cuda"),
+                   help="with --ops: count n2ngraph's plan as built for this device")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -241,6 +288,8 @@ def main(argv=None) -> int:
     if args.memory_child:
         print(json.dumps(memory_child(args.specs[0], args.memory_child, batches[0], 3, args.device)))
         return 0
+    if args.ops:
+        return print_ops(batches, args)
     names = [n for n in CONTENDERS if not (args.no_compile and n == "compile")]
     if torch.device(args.device).type == "cuda":
         names.insert(1, LAUNCHED)
@@ -278,4 +327,18 @@ def main(argv=None) -> int:
                   ", ".join(f"{n} {mem[n]['peak_added_mib']:.1f} MiB" for n in names) +
                   f"; n2ngraph planned {mem['n2ngraph']['planned_mib']:.1f} MiB")
         print()
+    return 0
+
+
+def print_ops(batches, args) -> int:
+    print(f"machine: {machine()}, device cpu, n2ngraph's plan for {args.schedule_of or 'cpu'}")
+    for spec_path in args.specs:
+        spec = ng.load_spec(spec_path)
+        print(f"\n### {spec.name}: tensor ops per training step, views left out "
+              f"({spec.train.crop}x{spec.train.crop})\n")
+        print("| workload | n2ngraph | eager | eager / n2ngraph |\n|---|---|---|---|")
+        for batch in batches:
+            ops = count_ops(spec, batch, args)
+            print(f"| train bs {batch} | {ops['n2ngraph']} | {ops['eager']} | "
+                  f"{_ratio(ops['eager'], ops['n2ngraph'])} |", flush=True)
     return 0
