@@ -15,6 +15,10 @@ Their common interface, which the training loop and checkpoints use:
     state_dict()      {"steps": n, "tensors": {"exp_avg.conv1.weight": ..., ...}} (copies)
     load_state_dict() the inverse
 
+Where the parameters, gradients and buffers are packed into flat buffers (``flat.py``,
+as a Program's are), every op of an update runs once over all parameters; otherwise
+once per parameter. The arithmetic is elementwise, so both give the same bits.
+
 A learning rate is a pure function of the step index (``learning_rate``), so a resumed
 run recomputes it and no scheduler state is saved.
 """
@@ -26,6 +30,7 @@ from typing import Mapping
 
 import torch
 
+from .flat import flat_view, packed_like
 from .ops import scalar
 from .spec import OptimizerSpec, ScheduleSpec
 
@@ -69,9 +74,19 @@ class _Optimizer:
         values.copy_(torch.tensor(self.scalars(), dtype=values.dtype))
 
     def _buffer(self, kind: str, zero: bool = False) -> dict[str, torch.Tensor]:
-        make = torch.zeros_like if zero else torch.empty_like
-        self.buffers[kind] = {k: make(p) for k, p in self.params.items()}
+        self.buffers[kind] = packed_like(self.params, zero=zero)
         return self.buffers[kind]
+
+    def _units(self, *more: Tensors) -> list[tuple[torch.Tensor | None, ...]]:
+        """What an update loops over: (param, grad, *more) tuples, one of them over the
+        flat buffers when every set is packed alike, else one per parameter. An empty
+        set (a buffer this configuration does without) gives None."""
+        names = list(self.params)
+        sets = [self.params, self.grads, *more]
+        whole = [flat_view([t[n] for n in names]) if t else None for t in sets]
+        if all(w is not None for w, t in zip(whole, sets) if t):
+            return [tuple(whole)]
+        return [tuple(t[n] if t else None for t in sets) for n in names]
 
     def state_dict(self) -> dict:
         tensors = {f"{kind}.{name}": t.clone() for kind, by_name in self.buffers.items()
@@ -109,25 +124,24 @@ class SGD(_Optimizer):
         super().__init__(params, grads, config)
         self.momentum = self._buffer("momentum") if config.momentum else {}
         needs_scratch = config.weight_decay or config.nesterov
-        self.scratch = {k: torch.empty_like(p) for k, p in params.items()} if needs_scratch else {}
+        self.scratch = packed_like(params) if needs_scratch else {}
+        self.units = self._units(self.momentum, self.scratch)
 
     def scalars(self) -> tuple[float]:
         return (-self.lr,)
 
     def update(self, neg_lr) -> None:
         c = self.config
-        for name, param in self.params.items():
-            g = self.grads[name]
+        for param, g, buf, scratch in self.units:
             if c.weight_decay:
-                g = torch.add(g, param, alpha=c.weight_decay, out=self.scratch[name])
+                g = torch.add(g, param, alpha=c.weight_decay, out=scratch)
             if c.momentum:
-                buf = self.momentum[name]
                 if self.steps == 0:
                     buf.copy_(g)
                 else:
                     buf.mul_(scalar(c.momentum, buf)).add_(g, alpha=1 - c.dampening)
                 if c.nesterov:
-                    g = torch.add(g, buf, alpha=c.momentum, out=self.scratch[name])
+                    g = torch.add(g, buf, alpha=c.momentum, out=scratch)
                 else:
                     g = buf
             if isinstance(neg_lr, torch.Tensor):
@@ -153,9 +167,10 @@ class Adam(_Optimizer):
         self.exp_avg = self._buffer("exp_avg", zero=True)
         self.exp_avg_sq = self._buffer("exp_avg_sq", zero=True)
         self.max_exp_avg_sq = self._buffer("max_exp_avg_sq", zero=True) if config.amsgrad else {}
-        self.denom = {k: torch.empty_like(p) for k, p in params.items()}
-        self.scratch = {k: torch.empty_like(p) for k, p in params.items()} \
-            if config.weight_decay else {}
+        self.denom = packed_like(params)
+        self.scratch = packed_like(params) if config.weight_decay else {}
+        self.units = self._units(self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq, self.denom,
+                                 self.scratch)
         first = next(iter(params.values()))
         self.correction = torch.empty((), dtype=first.dtype, device=first.device)
 
@@ -171,15 +186,13 @@ class Adam(_Optimizer):
         beta1, beta2 = c.betas
         recorded = isinstance(neg_step_size, torch.Tensor)  # in a CUDA graph: no host values
         correction = correction2_sqrt if recorded else self.correction.fill_(correction2_sqrt)
-        for name, param in self.params.items():
-            g = self.grads[name]
+        for param, g, m, v, v_max, denom, scratch in self.units:
             if c.weight_decay:
-                g = torch.add(g, param, alpha=c.weight_decay, out=self.scratch[name])
-            m, v, denom = self.exp_avg[name], self.exp_avg_sq[name], self.denom[name]
+                g = torch.add(g, param, alpha=c.weight_decay, out=scratch)
             m.lerp_(g, 1 - beta1)
             v.mul_(scalar(beta2, v)).addcmul_(g, g, value=1 - beta2)
             if c.amsgrad:
-                v = torch.maximum(self.max_exp_avg_sq[name], v, out=self.max_exp_avg_sq[name])
+                v = torch.maximum(v_max, v, out=v_max)
             torch.sqrt(v, out=denom)
             denom.div_(correction).add_(scalar(c.eps, denom))
             if recorded:
@@ -206,6 +219,8 @@ class ClipGradNorm:
 
     def __init__(self, grads: Tensors, max_norm: float):
         self.grads, self.max_norm = grads, float(max_norm)
+        whole = flat_view(list(grads.values()))
+        self.scaled = [whole] if whole is not None else list(grads.values())
         first = next(iter(grads.values()))
         self.norms = torch.empty(len(grads), dtype=first.dtype, device=first.device)
         self.total = torch.empty((), dtype=first.dtype, device=first.device)
@@ -218,7 +233,7 @@ class ClipGradNorm:
         torch.linalg.vector_norm(self.norms, out=self.total)
         coef = torch.add(self.total, scalar(1e-6, self.total), out=self.coef)
         coef.reciprocal_().mul_(scalar(self.max_norm, coef)).clamp_(max=1.0)  # torch's __rdiv__
-        for g in self.grads.values():
+        for g in self.scaled:  # the flat buffer at once where the gradients are packed
             g.mul_(coef)
         return self.total
 

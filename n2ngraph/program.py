@@ -6,7 +6,8 @@
          --executor.Executable--> bound kernels over preallocated buffers
 
 A Program owns what outlives a single input shape: parameters, their gradients and the
-optimizer state. Each input shape gets its own compiled plan (``Compiled``), built on
+optimizer state, each packed into one flat buffer (``flat.py``: the optimizer then
+updates all parameters with a handful of ops). Each input shape gets its own compiled plan (``Compiled``), built on
 first use and cached, all sharing those tensors: train on 32x32 crops, then denoise a
 512x512 photo with the same weights.
 """
@@ -23,6 +24,7 @@ import torch
 from .autodiff import grad_name, joint_graph
 from .errors import SpecError
 from .executor import Executable, Replay
+from .flat import flat_view, packed, packed_like
 from .graph import forward_graph, needed_nodes
 from .init import initial_params
 from .memory import MemoryPlan, plan_memory
@@ -86,12 +88,12 @@ class Program:
         self.device = torch.device(device)
         self.dtype = dtype
         recipe = spec.train
-        self.params = initial_params(spec, init or recipe.init,
-                                     recipe.seed if seed is None else seed,
-                                     dtype=dtype, device=self.device)
+        self.params = packed(initial_params(spec, init or recipe.init,
+                                            recipe.seed if seed is None else seed,
+                                            dtype=dtype, device=self.device))
         if params is not None:
             self._adopt(params)
-        self.grads = {k: torch.empty_like(p) for k, p in self.params.items()}
+        self.grads = packed_like(self.params)
         self.optimizer = make_optimizer(self.params, self.grads, optimizer or recipe.optimizer)
         max_norm = recipe.clip_grad_norm if clip_grad_norm is None else clip_grad_norm
         self.clip = ClipGradNorm(self.grads, max_norm) if max_norm else None
@@ -99,6 +101,7 @@ class Program:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._replays: dict[tuple, Replay] = {}
         self._parts_grads: list[dict[str, torch.Tensor]] = []
+        self._parts_sums: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
 
     # ---- compilation -----------------------------------------------------------
     def input_shapes(self, first: Sequence[int]) -> dict[str, Shape]:
@@ -127,7 +130,8 @@ class Program:
 
     def _part_grads(self, part: int) -> dict[str, torch.Tensor]:
         while len(self._parts_grads) <= part:
-            self._parts_grads.append({k: torch.empty_like(p) for k, p in self.params.items()})
+            self._parts_grads.append(packed_like(self.grads))
+            self._parts_sums = _sums(self.grads, self._parts_grads)
         return self._parts_grads[part]
 
     def _compile(self, kind: str, shapes: Mapping[str, Shape],
@@ -259,10 +263,10 @@ class Program:
             torch.set_num_threads(threads)
         n = parts[-1][1]
         weights = [(hi - lo) / n for lo, hi in parts]
-        for name, grad in self.grads.items():
-            torch.mul(self._parts_grads[0][name], scalar(weights[0], grad), out=grad)
+        for grad, of_parts in self._parts_sums:
+            torch.mul(of_parts[0], scalar(weights[0], grad), out=grad)
             for part in range(1, len(parts)):
-                grad.add_(self._parts_grads[part][name], alpha=weights[part])
+                grad.add_(of_parts[part], alpha=weights[part])
         return sum(w * loss for w, loss in zip(weights, losses))
 
     def train_step(self, *inputs: torch.Tensor) -> float:
@@ -380,6 +384,16 @@ PART_PIXELS = 2**14
 and 5,720 as 4 parts of 16; at batch 256, 2,749 whole, 6,121 as 4 parts of 64 and 5,931
 as 8 of 32; at batch 16 the one whole batch was fastest (3,526 against 2,739 as 2
 parts): the loss and its backward only, 2 cores, measured side by side."""
+
+def _sums(grads: Mapping[str, torch.Tensor], parts: Sequence[Mapping[str, torch.Tensor]]):
+    """[(gradient, [that gradient of each part])]: one entry over the flat buffers when
+    all are packed, else one per parameter."""
+    names = list(grads)
+    whole = [flat_view([g[n] for n in names]) for g in (grads, *parts)]
+    if all(w is not None for w in whole):
+        return [(whole[0], whole[1:])]
+    return [(grads[n], [p[n] for p in parts]) for n in names]
+
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 

@@ -13,7 +13,8 @@ from torch.profiler import ProfilerActivity, profile
 import n2ngraph as ng
 from n2ngraph import data as datasets
 from n2ngraph.checkpoint import load_checkpoint
-from n2ngraph.optim import Adam, ClipGradNorm, learning_rate
+from n2ngraph import flat
+from n2ngraph.optim import Adam, ClipGradNorm, learning_rate, make_optimizer
 from n2ngraph.run import main
 from n2ngraph.spec import OptimizerSpec, ScheduleSpec, parse_spec
 
@@ -70,17 +71,33 @@ def test_ten_adam_steps_match_torch(name, case, dtype, device):
             assert relative(prog.optimizer.buffers[ours][pname], opt.state[p][theirs]) < tol
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
+OPTIMIZERS = {
+    "adam": OptimizerSpec(name="adam", lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1),
+    "amsgrad": OptimizerSpec(name="adam", lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                             amsgrad=True),
+    "sgd": OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01),
+    "nesterov": OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["apart", "packed"])
+@pytest.mark.parametrize("config", list(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_adam_is_bit_identical_to_torch_on_cpu(dtype, amsgrad):
-    """Same ops in the same order: not merely close, equal."""
+def test_optimizers_are_bit_identical_to_torch_on_cpu(dtype, config, packed):
+    """Same ops in the same order: not merely close, equal; also where the parameters
+    are packed into one flat buffer and each op runs once over all of them (with sizes
+    that put vector loops' ends in other places than torch's per-tensor loops)."""
     gen = torch.Generator().manual_seed(1)
-    params = {"w": torch.randn(6, 5, generator=gen, dtype=dtype), "b": torch.randn(6, generator=gen, dtype=dtype)}
-    grads = {k: torch.empty_like(v) for k, v in params.items()}
+    shapes = {"w": (6, 5), "b": (6,), "w2": (24, 24, 3, 3), "b2": (19,)}
+    params = {k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
+    if packed:
+        params = flat.packed(params)
+    grads = flat.packed_like(params)
+    assert (flat.flat_view(list(grads.values())) is not None) == packed
     ref = [v.clone() for v in params.values()]
-    config = OptimizerSpec(name="adam", lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
-                           amsgrad=amsgrad)
-    ours, theirs = Adam(params, grads, config), torch_optimizer(ref, config)
+    config = OPTIMIZERS[config]
+    ours, theirs = make_optimizer(params, grads, config), torch_optimizer(ref, config)
+    assert len(ours.units) == (1 if packed else len(shapes))
     for _ in range(15):
         for (k, g), r in zip(grads.items(), ref):
             g.copy_(torch.randn(g.shape, generator=gen, dtype=dtype))
@@ -90,12 +107,15 @@ def test_adam_is_bit_identical_to_torch_on_cpu(dtype, amsgrad):
     assert all(torch.equal(params[k], r) for k, r in zip(params, ref))
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["apart", "packed"])
 @pytest.mark.parametrize("max_norm", [0.3, 1e3])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_clipping_is_torchs_clip_grad_norm(dtype, max_norm):
+def test_clipping_is_torchs_clip_grad_norm(dtype, max_norm, packed):
     gen = torch.Generator().manual_seed(2)
     shapes = [(4, 3, 3, 3), (4,), (2, 7)]
     grads = {f"p{i}": torch.randn(s, generator=gen, dtype=dtype) for i, s in enumerate(shapes)}
+    if packed:
+        grads = flat.packed(grads)
     ref = [torch.zeros(s, dtype=dtype) for s in shapes]
     for r, g in zip(ref, grads.values()):
         r.grad = g.clone()
