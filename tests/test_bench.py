@@ -1,5 +1,5 @@
 """tools/bench runs end to end (tiny sizes, no timing asserted: speed lives in the
-benchmark, not in tests) and its memory child reports what it measured."""
+benchmark, not in tests), its memory child reports what it measured, and --ops counts."""
 
 from __future__ import annotations
 
@@ -19,6 +19,22 @@ def test_bench_prints_a_row_per_workload(capsys):
     assert any(r.startswith("| inference 16x16 |") for r in rows)
     assert "memory at batch 2: peak RSS added by training steps: n2ngraph" in out
     assert "n2ngraph planned" in out
+
+
+def test_bench_counts_the_ops_of_a_step_and_the_gpu_plan_has_fewer(capsys):
+    """--ops counts instead of timing; the plan for a GPU (untiled convs) runs a batch
+    of 64x64 crops in fewer ops than the CPU's plan of cache-sized tiles."""
+    spec = str(ROOT / "specs" / "unet.yaml")
+    counts = {}
+    for plan in ("cpu", "cuda"):
+        assert bench_lib.main([spec, "--ops", "--batches", "2", "--schedule-of", plan,
+                               "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert f"n2ngraph's plan for {plan}" in out
+        (row,) = [line for line in out.splitlines() if line.startswith("| train bs 2 |")]
+        counts[plan] = [int(cell) for cell in row.split("|")[2:4]]
+    assert counts["cuda"][1] == counts["cpu"][1] > 0  # eager's step is eager's step
+    assert 0 < counts["cuda"][0] < counts["cpu"][0]
 
 
 def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path):
