@@ -6,26 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import n2ngraph as ng
+from bench_lib import KernelCount
 from n2ngraph.checkpoint import load_checkpoint, save_checkpoint
 from n2ngraph.flat import flat_view, packed, packed_like
 from n2ngraph.spec import OptimizerSpec
 
 from helpers import ROOT
-
-
-class CountOps(TorchDispatchMode):
-    """Tensor ops that reach a backend, views left out."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
 
 
 def test_packed_tensors_are_views_of_one_buffer_in_order():
@@ -66,7 +54,7 @@ def test_a_programs_update_is_a_few_ops_for_any_number_of_parameters(spec):
         assert flat_view(list(tensors.values())) is not None
     assert len(prog.optimizer.units) == 1 and len(prog.params) >= 8
     prog.train_step(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
-    with CountOps() as counter:
+    with KernelCount() as counter:
         prog.optimizer.step()
     assert counter.count <= 10  # weight decay, 2 moments, sqrt, 2 for the denominator, the step
 

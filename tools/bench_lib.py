@@ -142,7 +142,7 @@ def bench_train(spec, batch: int, names, args) -> dict[str, float]:
     return {n: batch / s for n, s in per_step.items()}
 
 
-class _KernelCount(TorchDispatchMode):
+class KernelCount(TorchDispatchMode):
     """Counts the tensor ops that reach a backend, views left out (they launch nothing)."""
 
     def __init__(self):
@@ -170,7 +170,7 @@ def count_ops(spec, batch: int, args) -> dict[str, int]:
             model = build(name, spec, "cpu")
             for _ in range(3):
                 model.train_step(x, t)
-            with _KernelCount() as counter:
+            with KernelCount() as counter:
                 model.train_step(x, t)
             counts[name] = counter.count
     finally:
