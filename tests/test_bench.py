@@ -23,7 +23,8 @@ def test_bench_prints_a_row_per_workload(capsys):
 
 def test_bench_counts_the_ops_of_a_step_and_the_gpu_plan_has_fewer(capsys):
     """--ops counts instead of timing; the plan for a GPU (untiled convs) runs a batch
-    of 64x64 crops in fewer ops than the CPU's plan of cache-sized tiles."""
+    of 64x64 crops in fewer ops than the CPU's plan of cache-sized tiles, and --unfold
+    changes n2ngraph's conv schedule."""
     spec = str(ROOT / "specs" / "unet.yaml")
     counts = {}
     for plan in ("cpu", "cuda"):
@@ -35,6 +36,11 @@ def test_bench_counts_the_ops_of_a_step_and_the_gpu_plan_has_fewer(capsys):
         counts[plan] = [int(cell) for cell in row.split("|")[2:4]]
     assert counts["cuda"][1] == counts["cpu"][1] > 0  # eager's step is eager's step
     assert 0 < counts["cuda"][0] < counts["cpu"][0]
+    # --unfold changes n2ngraph's schedule: one im2col GEMM per kernel, not nine per tap
+    assert bench_lib.main([spec, "--ops", "--batches", "2", "--schedule-of", "cuda",
+                           "--threads", "1", "--unfold", "input"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "| train bs 2 |" in line]
+    assert 0 < int(row.split("|")[2]) < counts["cuda"][0]
 
 
 def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path):

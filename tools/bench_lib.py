@@ -1,7 +1,8 @@
 """``tools/bench``: n2ngraph against PyTorch eager and torch.compile, side by side.
 
     tools/bench [SPEC ...] [--batches 4,64,256] [--image 512] [--rounds 7] [--steps 20]
-                [--threads N] [--device cpu|cuda] [--no-compile] [--no-memory] [--markdown]
+                [--threads N] [--device cpu|cuda] [--no-compile] [--no-memory]
+                [--ops [--schedule-of cpu|cuda]] [--unfold input|output|none]
 
 What it measures, for each spec (default: ``specs/noise2noise.yaml``):
 
@@ -20,6 +21,8 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
   launches its ops one by one from Python, so at small batches these counts, not the
   arithmetic, set the pace. ``--schedule-of cuda`` counts on the CPU the plan n2ngraph
   builds for a GPU (``rewrite.for_device``: untiled convolutions).
+- ``--unfold input|output|none`` sets every conv2d of n2ngraph's network to unfold that
+  side (``ops/conv2d.py``), instead of each conv's own choice: to compare schedules.
 - **memory** at the largest batch: for each contender, in a fresh child process, the
   peak resident set size while building the model and running 3 training steps, less
   the resident size of the process with torch and its data ready (the peak is reset
@@ -45,6 +48,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -206,8 +210,20 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str) -> dict:
+def load(spec_path: str, unfold: str | None = None):
+    """The spec, with every conv2d's ``unfold`` side set to ``unfold`` when given: the
+    schedule of n2ngraph's convolutions to compare (eager's network is the same)."""
     spec = ng.load_spec(spec_path)
+    if unfold is None:
+        return spec
+    nodes = tuple(attrs.evolve(n, op=attrs.evolve(n.op, unfold=unfold)) if n.op.name == "conv2d"
+                  else n for n in spec.nodes)
+    return attrs.evolve(spec, nodes=nodes)
+
+
+def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str,
+                 unfold: str | None = None) -> dict:
+    spec = load(spec_path, unfold)
     x, t = _pair(spec, batch, spec.train.crop, device)
     # the baseline: a process with torch, the data and one small throwaway step ready
     ng.compile(spec, (1, spec.inputs[0].channels, 8, 8), device=device).train_step(
@@ -235,7 +251,8 @@ def bench_memory(spec_path: str, batch: int, names, args) -> dict[str, dict]:
     found = {}
     for name in names:
         command = [sys.executable, str(Path(__file__).resolve().parent / "bench"), "--memory-child", name,
-                   "--batches", str(batch), "--device", args.device, spec_path]
+                   "--batches", str(batch), "--device", args.device, spec_path,
+                   *(["--unfold", args.unfold] if args.unfold else [])]
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
@@ -280,13 +297,16 @@ def main(argv=None) -> int:
                    help="count the tensor ops of a training step instead of timing (CPU)")
     p.add_argument("--schedule-of", choices=("cpu", "cuda"),
                    help="with --ops: count n2ngraph's plan as built for this device")
+    p.add_argument("--unfold", choices=("input", "output", "none"),
+                   help="every conv2d of n2ngraph unfolding this side (default: each its own)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",") if b]
     if args.memory_child:
-        print(json.dumps(memory_child(args.specs[0], args.memory_child, batches[0], 3, args.device)))
+        print(json.dumps(memory_child(args.specs[0], args.memory_child, batches[0], 3, args.device,
+                                      args.unfold)))
         return 0
     if args.ops:
         return print_ops(batches, args)
@@ -301,7 +321,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}, device {args.device}{gpu}")
     print(f"median of {args.rounds} interleaved rounds of {args.steps} steps each\n")
     for spec_path in args.specs:
-        spec = ng.load_spec(spec_path)
+        spec = load(spec_path, args.unfold)
         header = "| workload | " + " | ".join(names) + " | n2ngraph / eager | n2ngraph / compile |"
         print(f"### {spec.name}: samples/s (train step, {spec.train.crop}x{spec.train.crop}), "
               f"ms (inference)\n")
@@ -333,7 +353,7 @@ def main(argv=None) -> int:
 def print_ops(batches, args) -> int:
     print(f"machine: {machine()}, device cpu, n2ngraph's plan for {args.schedule_of or 'cpu'}")
     for spec_path in args.specs:
-        spec = ng.load_spec(spec_path)
+        spec = load(spec_path, args.unfold)
         print(f"\n### {spec.name}: tensor ops per training step, views left out "
               f"({spec.train.crop}x{spec.train.crop})\n")
         print("| workload | n2ngraph | eager | eager / n2ngraph |\n|---|---|---|---|")
