@@ -65,3 +65,17 @@ def flat_view(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
             return None
         offset += math.prod(t.shape)
     return first.as_strided((offset - start,), (1,), start)
+
+
+def zipped(*sets: Tensors) -> list[tuple[torch.Tensor | None, ...]]:
+    """What an update over parameter-shaped ``sets`` (params, grads, buffers; the first
+    set's names, in its order) loops over: one tuple of their flat tensors when every
+    set is packed, else one tuple per name. An empty set (a buffer a configuration does
+    without) gives None in each tuple."""
+    names = list(sets[0])
+    if not names:
+        return []
+    whole = [flat_view([t[n] for n in names]) if t else None for t in sets]
+    if all(w is not None for w, t in zip(whole, sets) if t):
+        return [tuple(whole)]
+    return [tuple(t[n] if t else None for t in sets) for n in names]

@@ -30,7 +30,7 @@ from typing import Mapping
 
 import torch
 
-from .flat import flat_view, packed_like
+from .flat import packed_like, zipped
 from .ops import scalar
 from .spec import OptimizerSpec, ScheduleSpec
 
@@ -77,17 +77,6 @@ class _Optimizer:
         self.buffers[kind] = packed_like(self.params, zero=zero)
         return self.buffers[kind]
 
-    def _units(self, *more: Tensors) -> list[tuple[torch.Tensor | None, ...]]:
-        """What an update loops over: (param, grad, *more) tuples, one of them over the
-        flat buffers when every set is packed alike, else one per parameter. An empty
-        set (a buffer this configuration does without) gives None."""
-        names = list(self.params)
-        sets = [self.params, self.grads, *more]
-        whole = [flat_view([t[n] for n in names]) if t else None for t in sets]
-        if all(w is not None for w, t in zip(whole, sets) if t):
-            return [tuple(whole)]
-        return [tuple(t[n] if t else None for t in sets) for n in names]
-
     def state_dict(self) -> dict:
         tensors = {f"{kind}.{name}": t.clone() for kind, by_name in self.buffers.items()
                    for name, t in by_name.items()}
@@ -125,7 +114,7 @@ class SGD(_Optimizer):
         self.momentum = self._buffer("momentum") if config.momentum else {}
         needs_scratch = config.weight_decay or config.nesterov
         self.scratch = packed_like(params) if needs_scratch else {}
-        self.units = self._units(self.momentum, self.scratch)
+        self.units = zipped(self.params, self.grads, self.momentum, self.scratch)
 
     def scalars(self) -> tuple[float]:
         return (-self.lr,)
@@ -169,8 +158,8 @@ class Adam(_Optimizer):
         self.max_exp_avg_sq = self._buffer("max_exp_avg_sq", zero=True) if config.amsgrad else {}
         self.denom = packed_like(params)
         self.scratch = packed_like(params) if config.weight_decay else {}
-        self.units = self._units(self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq, self.denom,
-                                 self.scratch)
+        self.units = zipped(self.params, self.grads, self.exp_avg, self.exp_avg_sq,
+                            self.max_exp_avg_sq, self.denom, self.scratch)
         first = next(iter(params.values()))
         self.correction = torch.empty((), dtype=first.dtype, device=first.device)
 
@@ -219,8 +208,7 @@ class ClipGradNorm:
 
     def __init__(self, grads: Tensors, max_norm: float):
         self.grads, self.max_norm = grads, float(max_norm)
-        whole = flat_view(list(grads.values()))
-        self.scaled = [whole] if whole is not None else list(grads.values())
+        self.scaled = [g for (g,) in zipped(grads)]  # one flat tensor where packed
         first = next(iter(grads.values()))
         self.norms = torch.empty(len(grads), dtype=first.dtype, device=first.device)
         self.total = torch.empty((), dtype=first.dtype, device=first.device)
@@ -233,7 +221,7 @@ class ClipGradNorm:
         torch.linalg.vector_norm(self.norms, out=self.total)
         coef = torch.add(self.total, scalar(1e-6, self.total), out=self.coef)
         coef.reciprocal_().mul_(scalar(self.max_norm, coef)).clamp_(max=1.0)  # torch's __rdiv__
-        for g in self.scaled:  # the flat buffer at once where the gradients are packed
+        for g in self.scaled:
             g.mul_(coef)
         return self.total
 

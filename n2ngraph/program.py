@@ -7,9 +7,9 @@
 
 A Program owns what outlives a single input shape: parameters, their gradients and the
 optimizer state, each packed into one flat buffer (``flat.py``: the optimizer then
-updates all parameters with a handful of ops). Each input shape gets its own compiled plan (``Compiled``), built on
-first use and cached, all sharing those tensors: train on 32x32 crops, then denoise a
-512x512 photo with the same weights.
+updates all parameters with a handful of ops). Each input shape gets its own compiled
+plan (``Compiled``), built on first use and cached, all sharing those tensors: train on
+32x32 crops, then denoise a 512x512 photo with the same weights.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from .autodiff import grad_name, joint_graph
 from .errors import SpecError
 from .executor import Executable, Replay
-from .flat import flat_view, packed, packed_like
+from .flat import packed, packed_like, zipped
 from .graph import forward_graph, needed_nodes
 from .init import initial_params
 from .memory import MemoryPlan, plan_memory
@@ -131,7 +131,7 @@ class Program:
     def _part_grads(self, part: int) -> dict[str, torch.Tensor]:
         while len(self._parts_grads) <= part:
             self._parts_grads.append(packed_like(self.grads))
-            self._parts_sums = _sums(self.grads, self._parts_grads)
+            self._parts_sums = [(g, parts) for g, *parts in zipped(self.grads, *self._parts_grads)]
         return self._parts_grads[part]
 
     def _compile(self, kind: str, shapes: Mapping[str, Shape],
@@ -247,6 +247,7 @@ class Program:
     def _run_in_parts(self, bound: Mapping[str, torch.Tensor], parts) -> float:
         threads = torch.get_num_threads()
         first = self.spec.inputs[0].name
+        self._part_grads(len(parts) - 1)  # allocated here, not by the threads at once
 
         def run(part: int) -> float:
             torch.set_num_threads(1)
@@ -384,15 +385,6 @@ PART_PIXELS = 2**14
 and 5,720 as 4 parts of 16; at batch 256, 2,749 whole, 6,121 as 4 parts of 64 and 5,931
 as 8 of 32; at batch 16 the one whole batch was fastest (3,526 against 2,739 as 2
 parts): the loss and its backward only, 2 cores, measured side by side."""
-
-def _sums(grads: Mapping[str, torch.Tensor], parts: Sequence[Mapping[str, torch.Tensor]]):
-    """[(gradient, [that gradient of each part])]: one entry over the flat buffers when
-    all are packed, else one per parameter."""
-    names = list(grads)
-    whole = [flat_view([g[n] for n in names]) for g in (grads, *parts)]
-    if all(w is not None for w in whole):
-        return [(whole[0], whole[1:])]
-    return [(grads[n], [p[n] for p in parts]) for n in names]
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

@@ -69,6 +69,29 @@ def test_parts_train_exactly_like_the_whole_batch(name, batch, threads, small_pa
     assert any(key[2] is not None for key in split._cache)  # part plans were used
 
 
+def test_part_gradients_are_allocated_before_the_threads_run(threads, small_parts, monkeypatch):
+    """The parts' threads only read the list of part gradients (and the sums over them
+    that go with it): two threads growing it at once could leave a sum without a part."""
+    import threading
+
+    threads(2)
+    prog = ng.compile(SPECS["noise2noise"], (8, 3, 8, 8))
+    grown_in = []
+    allocate = prog._part_grads
+
+    def watched(part):
+        before = len(prog._parts_grads)
+        found = allocate(part)
+        if len(prog._parts_grads) > before:
+            grown_in.append(threading.current_thread() is threading.main_thread())
+        return found
+    monkeypatch.setattr(prog, "_part_grads", watched)
+    x = torch.rand(8, 3, 8, 8)
+    prog.train_step(x, x.flip(0))
+    assert len(prog.batch_parts(prog.input_shapes(x.shape))) == 8 and grown_in == [True]
+    assert len(prog._parts_sums[0][1]) == 8  # every part in the sum (one, flat)
+
+
 def test_a_loss_that_is_not_a_mean_is_never_split(threads, small_parts, monkeypatch):
     from n2ngraph.ops.losses import MSE
 
