@@ -16,10 +16,11 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
   every kernel launched from Python; and every contender in float32 with TF32 off
   (PyTorch's convolutions would otherwise use TF32 by default, n2ngraph's GEMMs not).
 - **tensor ops per training step** (``--ops``, instead of the timing, on the CPU): the
-  tensor ops one step sends to a backend, views left out, for n2ngraph and eager
-  (a conv and its backward count as one op each, whatever the library runs). On a GPU a replayed step launches the kernels of n2ngraph's ops, eager's step
-  launches its ops one by one from Python, so at small batches these counts, not the
-  arithmetic, set the pace. ``--schedule-of cuda`` counts on the CPU the plan n2ngraph
+  tensor ops one step sends to a backend, views left out, for n2ngraph and eager (a
+  conv and its backward count as one op each, whatever the library runs). On a GPU a
+  replayed step launches the kernels of n2ngraph's ops and eager's step launches its
+  ops one by one from Python, so at small batches these counts, not the arithmetic,
+  set the pace. ``--schedule-of cuda`` counts on the CPU the plan n2ngraph
   builds for a GPU (``rewrite.for_device``: untiled convolutions).
 - ``--unfold input|output|none`` sets every conv2d of n2ngraph's network to unfold that
   side (``ops/conv2d.py``), instead of each conv's own choice: to compare schedules.
