@@ -11,6 +11,7 @@ next; only the executor mutates, and only its own preallocated buffers):
     memory.py     Schedule -> MemoryPlan          (liveness, reuse, in place)
     executor.py   MemoryPlan -> Executable        (kernels bound to buffers)
     program.py    compile(): all of the above, plus parameters and optimizer
+                  (flat.py: parameters, gradients and optimizer state packed flat)
 
     ops/          one op per class: attributes, shape rule, kernels, VJP rules
 """
