@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import n2ngraph as ng  # noqa: E402
+from n2ngraph.rewrite import GPU_TILE  # noqa: E402
 from torch_reference import TorchModel  # noqa: E402
 
 CONTENDERS = ("n2ngraph", "eager", "compile")
@@ -163,23 +164,15 @@ def count_ops(spec, batch: int, args) -> dict[str, int]:
     """Tensor ops (views left out) in one training step of n2ngraph and of eager, on the
     CPU, where autograd runs the backward on the calling thread (on a GPU it has a
     thread of its own, which a dispatch mode does not see)."""
-    import n2ngraph.program as program
-
     x, t = _pair(spec, batch, spec.train.crop, "cpu")
-    lower = program.for_device
-    if args.schedule_of:  # plans (compiled on first use) lowered for that device
-        program.for_device = lambda graph, _device: lower(graph, torch.device(args.schedule_of))
     counts = {}
-    try:
-        for name in ("n2ngraph", "eager"):
-            model = build(name, spec, "cpu")
-            for _ in range(3):
-                model.train_step(x, t)
-            with KernelCount() as counter:
-                model.train_step(x, t)
-            counts[name] = counter.count
-    finally:
-        program.for_device = lower
+    for name in ("n2ngraph", "eager"):
+        model = build(name, spec, "cpu")
+        for _ in range(3):
+            model.train_step(x, t)
+        with KernelCount() as counter:
+            model.train_step(x, t)
+        counts[name] = counter.count
     return counts
 
 
@@ -211,13 +204,17 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def load(spec_path: str, unfold: str | None = None):
-    """The spec, with every conv2d's ``unfold`` side set to ``unfold`` when given: the
-    schedule of n2ngraph's convolutions to compare (eager's network is the same)."""
+def load(spec_path: str, unfold: str | None = None, schedule_of: str | None = None):
+    """The spec, its conv2d nodes' schedule changed where asked (eager's network is the
+    same): every conv unfolding side ``unfold``; with ``schedule_of='cuda'``, untiled,
+    the schedule ``rewrite.for_device`` gives them on a GPU, to run on this device."""
     spec = ng.load_spec(spec_path)
-    if unfold is None:
+    changes = {"unfold": unfold} if unfold else {}
+    if schedule_of is not None and torch.device(schedule_of).type != "cpu":
+        changes["tile"] = GPU_TILE
+    if not changes:
         return spec
-    nodes = tuple(attrs.evolve(n, op=attrs.evolve(n.op, unfold=unfold)) if n.op.name == "conv2d"
+    nodes = tuple(attrs.evolve(n, op=attrs.evolve(n.op, **changes)) if n.op.name == "conv2d"
                   else n for n in spec.nodes)
     return attrs.evolve(spec, nodes=nodes)
 
@@ -354,7 +351,7 @@ def main(argv=None) -> int:
 def print_ops(batches, args) -> int:
     print(f"machine: {machine()}, device cpu, n2ngraph's plan for {args.schedule_of or 'cpu'}")
     for spec_path in args.specs:
-        spec = load(spec_path, args.unfold)
+        spec = load(spec_path, args.unfold, args.schedule_of)
         print(f"\n### {spec.name}: tensor ops per training step, views left out "
               f"({spec.train.crop}x{spec.train.crop})\n")
         print("| workload | n2ngraph | eager | eager / n2ngraph |\n|---|---|---|---|")
