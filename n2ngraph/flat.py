@@ -26,21 +26,26 @@ Tensors = Mapping[str, torch.Tensor]
 def packed(tensors: Tensors) -> dict[str, torch.Tensor]:
     """Copies of ``tensors`` (one dtype and device) as views into one new flat buffer,
     in the given order."""
-    views = packed_like(tensors, force=True)
+    views = _carved(tensors)
     for name, t in tensors.items():
         views[name].copy_(t)
     return views
 
 
-def packed_like(tensors: Tensors, *, zero: bool = False, force: bool = False) -> dict[str, torch.Tensor]:
+def packed_like(tensors: Tensors, *, zero: bool = False) -> dict[str, torch.Tensor]:
     """New tensors shaped like ``tensors``, uninitialised (or zero): views into one flat
-    buffer when ``tensors`` are packed (or ``force``), else one tensor each."""
-    if not tensors:
+    buffer when ``tensors`` are packed, else one tensor each."""
+    if tensors and flat_view(list(tensors.values())) is not None:
+        return _carved(tensors, zero)
+    make = torch.zeros_like if zero else torch.empty_like
+    return {name: make(t) for name, t in tensors.items()}
+
+
+def _carved(tensors: Tensors, zero: bool = False) -> dict[str, torch.Tensor]:
+    """Views shaped like ``tensors``, end to end in one new buffer."""
+    first = next(iter(tensors.values()), None)
+    if first is None:
         return {}
-    if not force and flat_view(list(tensors.values())) is None:
-        make = torch.zeros_like if zero else torch.empty_like
-        return {name: make(t) for name, t in tensors.items()}
-    first = next(iter(tensors.values()))
     total = sum(t.numel() for t in tensors.values())
     buffer = (torch.zeros if zero else torch.empty)(total, dtype=first.dtype, device=first.device)
     views, start = {}, 0

@@ -129,8 +129,9 @@ class Program:
         return tuple(self._cache.values())
 
     def _part_grads(self, part: int) -> dict[str, torch.Tensor]:
-        while len(self._parts_grads) <= part:
-            self._parts_grads.append(packed_like(self.grads))
+        if len(self._parts_grads) <= part:
+            while len(self._parts_grads) <= part:
+                self._parts_grads.append(packed_like(self.grads))
             self._parts_sums = [(g, parts) for g, *parts in zipped(self.grads, *self._parts_grads)]
         return self._parts_grads[part]
 
