@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import n2ngraph as ng
 from n2ngraph.optim import make_optimizer
@@ -83,6 +84,58 @@ def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch)
     assert [r.calls for r in replayed._replays.values()] == [4, 1]  # the first step ran bare
     for name, p in launched.params.items():
         assert relative(replayed.params[name], p) < 1e-12, name
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that would stop a CUDA graph's recording: reading a value back
+    to the host (``.item()``, ``bool(t)``, data-dependent shapes) or making a tensor
+    from Python data (a pageable host-to-device copy on a GPU)."""
+
+    SYNCING = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select",
+               "unique_dim", "_unique2", "lift_fresh", "lift_fresh_copy"}
+
+    def __init__(self):
+        super().__init__()
+        self.found, self.ops = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        if func.overloadpacket.__name__ in self.SYNCING:
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("spec_name,options", [
+    ("noise2noise", {}),
+    ("unet", {"clip_grad_norm": 0.05,
+              "optimizer": OptimizerSpec(name="adam", lr=2e-3, weight_decay=1e-4)}),
+], ids=["seed-sgd", "unet-adam-clip"])
+def test_the_recorded_bodies_never_read_back_to_the_host(spec_name, options, monkeypatch):
+    """What a GPU would record, run here under a dispatch mode: the training body
+    (kernels, clipping, update) and the inference body make no host read, which on a
+    GPU would make the recording fail. The GPU check runs only where a GPU is lent;
+    this one runs everywhere."""
+    bodies = []
+
+    class WatchesItsBody:
+        def __init__(self, body):
+            self.body = body
+
+        def __call__(self):
+            with HostReads() as watch:
+                self.body()
+            bodies.append(watch)
+
+    monkeypatch.setattr(ng.program, "Replay", WatchesItsBody)
+    spec = ng.load_spec(ROOT / "specs" / f"{spec_name}.yaml")
+    prog = ng.compile(spec, (2, 3, 16, 16), seed=1, **options)
+    prog.cuda_graphs = True  # what a CUDA device sets
+    x, t = torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):  # the first step runs bare (SGD's branch); the next two are recorded
+        prog.train_step(x, t)
+    prog.forward(x[:1])
+    assert len(bodies) == 3 and all(watch.ops > 20 for watch in bodies)
+    assert [watch.found for watch in bodies] == [[], [], []]
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
