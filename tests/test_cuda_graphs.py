@@ -56,36 +56,6 @@ def test_update_from_device_scalars_matches_the_float_update(case, dtype):
         assert not torch.equal(params[k], torch.zeros_like(params[k]))
 
 
-def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch):
-    """Everything of the GPU path but the recording itself, on the CPU: a stand-in for
-    Replay runs its body. Adam, weight decay, clipping and a learning rate that changes
-    every step, through device_scalars; inference through its own body."""
-    class RunsItsBody:
-        def __init__(self, body):
-            self.body, self.calls, self.graph = body, 0, None
-
-        def __call__(self):
-            self.body()
-            self.calls += 1
-
-    monkeypatch.setattr(ng.program, "Replay", RunsItsBody)
-    spec = ng.load_spec(ROOT / "specs" / "unet.yaml")
-    options = {"dtype": torch.float64, "seed": 3, "clip_grad_norm": 0.05,
-               "optimizer": OptimizerSpec(name="adam", lr=2e-3, weight_decay=1e-4)}
-    launched, replayed = (ng.compile(spec, (2, 3, 32, 32), **options) for _ in range(2))
-    replayed.cuda_graphs = True  # what a CUDA device sets
-    gen = torch.Generator().manual_seed(0)
-    for step in range(5):
-        x, t = (torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(2))
-        launched.optimizer.lr = replayed.optimizer.lr = 2e-3 / (1 + step)
-        assert replayed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-12)
-    photo = torch.rand(1, 3, 20, 28, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(replayed.forward(photo), launched.forward(photo), rtol=1e-12, atol=1e-12)
-    assert [r.calls for r in replayed._replays.values()] == [4, 1]  # the first step ran bare
-    for name, p in launched.params.items():
-        assert relative(replayed.params[name], p) < 1e-12, name
-
-
 class HostReads(TorchDispatchMode):
     """Records the ops that would stop a CUDA graph's recording: reading a value back
     to the host (``.item()``, ``bool(t)``, data-dependent shapes) or making a tensor
@@ -105,6 +75,42 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class RunsItsBody:
+    """Stands in for executor.Replay on the CPU: runs the body a GPU would record,
+    watching it for host reads."""
+
+    def __init__(self, body):
+        self.body, self.calls, self.graph, self.watches = body, 0, None, []
+
+    def __call__(self):
+        with HostReads() as watch:
+            self.body()
+        self.watches.append(watch)
+        self.calls += 1
+
+
+def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch):
+    """Everything of the GPU path but the recording itself, on the CPU: a stand-in for
+    Replay runs its body. Adam, weight decay, clipping and a learning rate that changes
+    every step, through device_scalars; inference through its own body."""
+    monkeypatch.setattr(ng.program, "Replay", RunsItsBody)
+    spec = ng.load_spec(ROOT / "specs" / "unet.yaml")
+    options = {"dtype": torch.float64, "seed": 3, "clip_grad_norm": 0.05,
+               "optimizer": OptimizerSpec(name="adam", lr=2e-3, weight_decay=1e-4)}
+    launched, replayed = (ng.compile(spec, (2, 3, 32, 32), **options) for _ in range(2))
+    replayed.cuda_graphs = True  # what a CUDA device sets
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        x, t = (torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(2))
+        launched.optimizer.lr = replayed.optimizer.lr = 2e-3 / (1 + step)
+        assert replayed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-12)
+    photo = torch.rand(1, 3, 20, 28, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(replayed.forward(photo), launched.forward(photo), rtol=1e-12, atol=1e-12)
+    assert [r.calls for r in replayed._replays.values()] == [4, 1]  # the first step ran bare
+    for name, p in launched.params.items():
+        assert relative(replayed.params[name], p) < 1e-12, name
+
+
 @pytest.mark.parametrize("spec_name,options", [
     ("noise2noise", {}),
     ("unet", {"clip_grad_norm": 0.05,
@@ -115,18 +121,7 @@ def test_the_recorded_bodies_never_read_back_to_the_host(spec_name, options, mon
     (kernels, clipping, update) and the inference body make no host read, which on a
     GPU would make the recording fail. The GPU check runs only where a GPU is lent;
     this one runs everywhere."""
-    bodies = []
-
-    class WatchesItsBody:
-        def __init__(self, body):
-            self.body = body
-
-        def __call__(self):
-            with HostReads() as watch:
-                self.body()
-            bodies.append(watch)
-
-    monkeypatch.setattr(ng.program, "Replay", WatchesItsBody)
+    monkeypatch.setattr(ng.program, "Replay", RunsItsBody)
     spec = ng.load_spec(ROOT / "specs" / f"{spec_name}.yaml")
     prog = ng.compile(spec, (2, 3, 16, 16), seed=1, **options)
     prog.cuda_graphs = True  # what a CUDA device sets
@@ -134,6 +129,7 @@ def test_the_recorded_bodies_never_read_back_to_the_host(spec_name, options, mon
     for _ in range(3):  # the first step runs bare (SGD's branch); the next two are recorded
         prog.train_step(x, t)
     prog.forward(x[:1])
+    bodies = [watch for replay in prog._replays.values() for watch in replay.watches]
     assert len(bodies) == 3 and all(watch.ops > 20 for watch in bodies)
     assert [watch.found for watch in bodies] == [[], [], []]
 
