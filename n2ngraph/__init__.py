@@ -17,8 +17,9 @@ next; only the executor mutates, and only its own preallocated buffers):
 """
 
 from .errors import SpecError
-from .program import Compiled, Program, compile
-from .spec import Spec, load_spec, parse_spec
+from .runtime.program import Compiled, Program, compile
+from .compiler.parse import load_spec, parse_spec
+from .compiler.spec import Spec
 
 __all__ = ["SpecError", "Spec", "load_spec", "parse_spec", "compile", "Program", "Compiled"]
 __version__ = "0.1.0"

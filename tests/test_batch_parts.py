@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph import program as program_module
-from n2ngraph.run import main
-from n2ngraph.checkpoint import load_checkpoint
+from n2ngraph.runtime import program as program_module
+from n2ngraph.app.cli import main
+from n2ngraph.app.checkpoint import load_checkpoint
 
 from helpers import ROOT
 
@@ -47,7 +47,7 @@ def test_parts_cover_the_batch(threads, small_parts):
 def test_parts_train_exactly_like_the_whole_batch(name, batch, threads, small_parts):
     spec = SPECS[name]
     shape = (batch, 3, 8, 8)
-    config = ng.spec.OptimizerSpec(lr=0.05, momentum=0.9)
+    config = ng.compiler.spec.OptimizerSpec(lr=0.05, momentum=0.9)
     threads(1)
     whole = ng.compile(spec, shape, dtype=torch.float64, seed=2, optimizer=config)
     threads(2)

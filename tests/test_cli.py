@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from n2ngraph import data as datasets
-from n2ngraph.checkpoint import load_checkpoint
-from n2ngraph.program import Program
-from n2ngraph.run import main
+from n2ngraph.app import data as datasets
+from n2ngraph.app.checkpoint import load_checkpoint
+from n2ngraph.runtime.program import Program
+from n2ngraph.app.cli import main
 
 from helpers import ROOT
 

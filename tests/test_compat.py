@@ -12,8 +12,9 @@ from torch import nn
 
 import n2ngraph as ng
 from helpers import ROOT
-from n2ngraph import compat, pretrained
-from n2ngraph.checkpoint import CheckpointError, save_checkpoint
+from n2ngraph import compat
+from n2ngraph.app import pretrained
+from n2ngraph.app.checkpoint import CheckpointError, save_checkpoint
 from n2ngraph.compat import (MSE, SGD, Conv2d, Model, NearestUpsampling, ReLU, Sequential,
                              Sigmoid, TransposeConv2d, Upsampling)
 from torch_reference import TorchNet
@@ -376,7 +377,7 @@ def test_the_shipped_spec_is_the_repository_spec():
 
 def test_the_shipped_weights_denoise_a_held_out_photo():
     """A 256 x 256 crop of 'coffee' (held out of training) under the default noise."""
-    from n2ngraph.data import embedded_split
+    from n2ngraph.app.data import embedded_split
 
     clean = embedded_split()[1]["coffee"][None, :, :256, :256].float()
     gen = torch.Generator().manual_seed(3)

@@ -119,7 +119,7 @@ def test_memory_report_states_planned_against_unshared_bytes():
 
 def test_steady_state_train_step_allocates_nothing(spec_path):
     spec = ng.load_spec(spec_path)
-    prog = ng.compile(spec, SHAPE, optimizer=ng.spec.OptimizerSpec(lr=0.01, momentum=0.9, weight_decay=1e-4))
+    prog = ng.compile(spec, SHAPE, optimizer=ng.compiler.spec.OptimizerSpec(lr=0.01, momentum=0.9, weight_decay=1e-4))
     x, t = torch.rand(SHAPE), torch.rand(SHAPE)
     for _ in range(2):
         prog.train_step(x, t)

@@ -12,8 +12,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import n2ngraph as ng
-from n2ngraph.optim import make_optimizer
-from n2ngraph.spec import OptimizerSpec
+from n2ngraph.runtime.optim import make_optimizer
+from n2ngraph.compiler.spec import OptimizerSpec
 
 from helpers import ROOT, relative
 
@@ -93,7 +93,7 @@ def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch)
     """Everything of the GPU path but the recording itself, on the CPU: a stand-in for
     Replay runs its body. Adam, weight decay, clipping and a learning rate that changes
     every step, through device_scalars; inference through its own body."""
-    monkeypatch.setattr(ng.program, "Replay", RunsItsBody)
+    monkeypatch.setattr(ng.runtime.program, "Replay", RunsItsBody)
     spec = ng.load_spec(ROOT / "specs" / "unet.yaml")
     options = {"dtype": torch.float64, "seed": 3, "clip_grad_norm": 0.05,
                "optimizer": OptimizerSpec(name="adam", lr=2e-3, weight_decay=1e-4)}
@@ -121,7 +121,7 @@ def test_the_recorded_bodies_never_read_back_to_the_host(spec_name, options, mon
     (kernels, clipping, update) and the inference body make no host read, which on a
     GPU would make the recording fail. The GPU check runs only where a GPU is lent;
     this one runs everywhere."""
-    monkeypatch.setattr(ng.program, "Replay", RunsItsBody)
+    monkeypatch.setattr(ng.runtime.program, "Replay", RunsItsBody)
     spec = ng.load_spec(ROOT / "specs" / f"{spec_name}.yaml")
     prog = ng.compile(spec, (2, 3, 16, 16), seed=1, **options)
     prog.cuda_graphs = True  # what a CUDA device sets

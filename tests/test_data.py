@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from n2ngraph import data, fileio
-from n2ngraph.data import DataError, Noise, parse_noise
-from n2ngraph.metrics import psnr, psnr_per_image, psnr_uint8
+from n2ngraph.app import data, fileio
+from n2ngraph.app.data import DataError, Noise, parse_noise
+from n2ngraph.app.metrics import psnr, psnr_per_image, psnr_uint8
 
 FEW = settings(max_examples=25, deadline=None)
 

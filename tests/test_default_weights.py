@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from n2ngraph import data as datasets
-from n2ngraph import pretrained
-from n2ngraph.run import main
+from n2ngraph.app import data as datasets
+from n2ngraph.app import pretrained
+from n2ngraph.app.cli import main
 
 from helpers import ROOT
 

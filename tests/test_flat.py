@@ -9,9 +9,9 @@ import torch
 
 import n2ngraph as ng
 from bench_lib import KernelCount
-from n2ngraph.checkpoint import load_checkpoint, save_checkpoint
-from n2ngraph.flat import flat_view, packed, packed_like
-from n2ngraph.spec import OptimizerSpec
+from n2ngraph.app.checkpoint import load_checkpoint, save_checkpoint
+from n2ngraph.runtime.flat import flat_view, packed, packed_like
+from n2ngraph.compiler.spec import OptimizerSpec
 
 from helpers import ROOT
 

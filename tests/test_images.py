@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph.images import denoise, denoise_float, mirror_pad, self_ensemble
-from n2ngraph.train import evaluate
+from n2ngraph.app.images import denoise, denoise_float, mirror_pad, self_ensemble
+from n2ngraph.app.train import evaluate
 
 from helpers import ROOT
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph.spec import OptimizerSpec
+from n2ngraph.compiler.spec import OptimizerSpec
 
 from helpers import DEVICES, ROOT, assert_params_close, step_both
 from torch_reference import TorchNet

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph import rewrite
-from n2ngraph.graph import forward_graph
+from n2ngraph.compiler import rewrite
+from n2ngraph.compiler.graph import forward_graph
 from n2ngraph.ops.upsample_conv import UpsampleConv2d
 
 from helpers import ROOT
@@ -81,7 +81,7 @@ def test_pairs_that_do_not_fit_are_left_alone(text, always_fuse):
 def test_rewritten_program_trains_exactly_like_the_plain_one(name, always_fuse):
     spec = SPECS[name]
     shape = (3, 3, 12, 16)
-    config = ng.spec.OptimizerSpec(lr=0.05, momentum=0.9)
+    config = ng.compiler.spec.OptimizerSpec(lr=0.05, momentum=0.9)
     plain = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config, rewrite=False)
     fused = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     graph = fused.compiled("train", fused.input_shapes(shape)).graph
@@ -121,10 +121,10 @@ def test_untiled_gpu_schedules_train_like_the_cpu_ones(name, shape, monkeypatch,
     """for_device's GPU schedules, run here on the CPU: every conv in one tile instead of
     cache-sized ones (the default tiles split these batches into several), same numbers."""
     spec = ng.load_spec(ROOT / "specs" / f"{name}.yaml")
-    config = ng.spec.OptimizerSpec(lr=0.01, momentum=0.9)
+    config = ng.compiler.spec.OptimizerSpec(lr=0.01, momentum=0.9)
     tiled = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     lowered = lambda graph, device: rewrite.for_device(graph, torch.device("cuda"))  # noqa: E731
-    monkeypatch.setattr(ng.program, "for_device", lowered)
+    monkeypatch.setattr(ng.runtime.program, "for_device", lowered)
     whole = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     convs = [d["op"] for _, d in whole.compiled("train", whole.input_shapes(shape)).graph.nodes(data=True)
              if d.get("op") is not None and "conv" in d["op"].name]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import n2ngraph as ng
-from n2ngraph import pretrained
-from n2ngraph.checkpoint import check_params_fit
+from n2ngraph.app import pretrained
+from n2ngraph.app.checkpoint import check_params_fit
 
 from helpers import ROOT
 
@@ -42,8 +42,8 @@ GAIN_FLOOR_DB = {"noise2noise": 6.0, "unet": 10.0}
 
 @pytest.mark.parametrize("name", sorted(GAIN_FLOOR_DB))
 def test_shipped_weights_denoise_the_held_out_photos(name):
-    from n2ngraph import data as datasets
-    from n2ngraph.train import evaluate
+    from n2ngraph.app import data as datasets
+    from n2ngraph.app.train import evaluate
 
     spec = ng.load_spec(pretrained.spec_path(name))
     program = ng.Program(spec)

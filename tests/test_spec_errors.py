@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import n2ngraph as ng
-from n2ngraph.spec import parse_spec
+from n2ngraph.compiler.parse import parse_spec
 
 GOOD = """\
 name: tiny

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph import executor
+from n2ngraph.runtime import executor
 
 from helpers import ROOT
 

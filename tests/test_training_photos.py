@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from helpers import ROOT
-from n2ngraph import data as datasets
-from n2ngraph.train import TrainConfig, held_out, prepare_data
+from n2ngraph.app import data as datasets
+from n2ngraph.app.train import TrainConfig, held_out, prepare_data
 
 
 def _load_tool():

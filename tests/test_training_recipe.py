@@ -11,12 +11,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import n2ngraph as ng
-from n2ngraph import data as datasets
-from n2ngraph.checkpoint import load_checkpoint
-from n2ngraph import flat
-from n2ngraph.optim import Adam, ClipGradNorm, learning_rate, make_optimizer
-from n2ngraph.run import main
-from n2ngraph.spec import OptimizerSpec, ScheduleSpec, parse_spec
+from n2ngraph.app import data as datasets
+from n2ngraph.app.checkpoint import load_checkpoint
+from n2ngraph.runtime import flat
+from n2ngraph.runtime.optim import Adam, ClipGradNorm, learning_rate, make_optimizer
+from n2ngraph.app.cli import main
+from n2ngraph.compiler.parse import parse_spec
+from n2ngraph.compiler.spec import OptimizerSpec, ScheduleSpec
 
 from helpers import DEVICES, ROOT, assert_params_close, relative, step_both
 from torch_reference import TorchNet, torch_optimizer
@@ -377,7 +378,7 @@ def test_command_line_picks_another_optimizer_schedule_and_crop(tmp_path, capsys
 def test_pairs_drawn_ahead_are_each_epochs_own():
     """On a GPU the next epoch's pairs are drawn while this one trains; a resumed run
     asks for an epoch out of turn and gets that epoch's pairs all the same."""
-    from n2ngraph.train import EpochData
+    from n2ngraph.app.train import EpochData
 
     drawn = []
 

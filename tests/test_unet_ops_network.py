@@ -12,7 +12,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import n2ngraph as ng
-from n2ngraph.spec import OptimizerSpec, parse_spec
+from n2ngraph.compiler.parse import parse_spec
+from n2ngraph.compiler.spec import OptimizerSpec
 
 from helpers import step_both
 from torch_reference import TorchNet

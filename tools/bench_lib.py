@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import n2ngraph as ng  # noqa: E402
-from n2ngraph.rewrite import GPU_TILE  # noqa: E402
+from n2ngraph.compiler.rewrite import GPU_TILE  # noqa: E402
 from torch_reference import TorchModel  # noqa: E402
 
 CONTENDERS = ("n2ngraph", "eager", "compile")

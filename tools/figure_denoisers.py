@@ -20,10 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from n2ngraph import compile, load_spec, pretrained  # noqa: E402
-from n2ngraph import data as datasets  # noqa: E402
-from n2ngraph.images import denoise  # noqa: E402
-from n2ngraph.metrics import psnr  # noqa: E402
+from n2ngraph import compile, load_spec  # noqa: E402
+from n2ngraph.app import pretrained  # noqa: E402
+from n2ngraph.app import data as datasets  # noqa: E402
+from n2ngraph.app.images import denoise  # noqa: E402
+from n2ngraph.app.metrics import psnr  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from n2ngraph.spec import OptimizerSpec, Spec  # noqa: E402
+from n2ngraph.compiler.spec import OptimizerSpec, Spec  # noqa: E402
 
 
 class _Add(nn.Module):
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     import argparse
 
     import n2ngraph as ng
-    from n2ngraph.train import Run, TrainConfig, prepare_data
+    from n2ngraph.app.train import Run, TrainConfig, prepare_data
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("spec")

@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:  # a fresh checkout, run before `pip install -e .`
     sys.path.append(str(ROOT))
 
 import n2ngraph as ng  # noqa: E402
-from n2ngraph.fileio import write_atomic  # noqa: E402
+from n2ngraph.app.fileio import write_atomic  # noqa: E402
 
 PROG = "tools/visualize"
 FORMATS = ("png", "svg", "dot")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..pretrained import load_pretrained, spec_path
-from ..program import Program
-from ..spec import load_spec
+from ..app.pretrained import load_pretrained, spec_path
+from ..runtime.program import Program
+from ..compiler.parse import load_spec
 
 
 class Model:

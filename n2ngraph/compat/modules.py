@@ -15,9 +15,9 @@ from ..ops.conv2d import Conv2d as _Conv2dOp
 from ..ops.conv_transpose import ConvTranspose2d as _ConvTransposeOp
 from ..ops.losses import MSE as _MSEOp
 from ..ops.upsample import UpsampleNearest as _UpsampleOp
-from ..optim import SGD as _SGDUpdate
-from ..program import Program
-from ..spec import InputSpec, NodeSpec, OptimizerSpec, Spec, TrainSpec
+from ..runtime.optim import SGD as _SGDUpdate
+from ..runtime.program import Program
+from ..compiler.spec import InputSpec, NodeSpec, OptimizerSpec, Spec, TrainSpec
 
 
 class Module:

@@ -21,18 +21,19 @@ import attrs
 import networkx as nx
 import torch
 
-from .autodiff import grad_name, joint_graph
-from .errors import SpecError
+from ..compiler.autodiff import grad_name, joint_graph
+from ..errors import SpecError
 from .executor import Executable, Replay
 from .flat import packed, packed_like, zipped
-from .graph import forward_graph, needed_nodes
+from ..compiler.graph import forward_graph
+from ..compiler.shapes import needed_nodes
 from .init import initial_params
-from .memory import MemoryPlan, plan_memory
-from .ops import scalar
+from ..compiler.memory import MemoryPlan, plan_memory
+from ..ops import scalar
 from .optim import ClipGradNorm, make_optimizer
-from .rewrite import for_device, rewrite as rewrite_graph
-from .schedule import Schedule, schedule
-from .spec import OptimizerSpec, Spec
+from ..compiler.rewrite import for_device, rewrite as rewrite_graph
+from ..compiler.schedule import Schedule, schedule
+from ..compiler.spec import OptimizerSpec, Spec
 
 Shape = tuple[int, ...]
 

@@ -29,8 +29,8 @@ import attrs
 import networkx as nx
 import torch
 
-from .ops.conv2d import Conv2d
-from .ops.upsample_conv import UpsampleConv2d, fusable
+from ..ops.conv2d import Conv2d
+from ..ops.upsample_conv import UpsampleConv2d, fusable
 
 
 FUSE_MIN_ELEMENTS = 2**16

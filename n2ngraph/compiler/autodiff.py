@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .errors import SpecError
-from .ops import Accumulate, Seed
+from ..errors import SpecError
+from ..ops import Accumulate, Seed
 
 
 def grad_name(value: str) -> str:

@@ -12,10 +12,10 @@ import functools
 
 import torch
 
-from .errors import SpecError
-from .graph import infer_shapes
-from .ops.tensor import reflected
-from .spec import Spec
+from ..errors import SpecError
+from ..compiler.shapes import infer_shapes
+from ..ops.tensor import reflected
+from ..compiler.spec import Spec
 
 
 @functools.lru_cache(maxsize=256)

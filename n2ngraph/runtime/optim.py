@@ -31,8 +31,8 @@ from typing import Mapping
 import torch
 
 from .flat import packed_like, zipped
-from .ops import scalar
-from .spec import OptimizerSpec, ScheduleSpec
+from ..ops import scalar
+from ..compiler.spec import OptimizerSpec, ScheduleSpec
 
 Tensors = Mapping[str, torch.Tensor]
 

@@ -26,8 +26,8 @@ from typing import Callable, Mapping
 import networkx as nx
 import torch
 
-from .memory import MemoryPlan
-from .schedule import Schedule
+from ..compiler.memory import MemoryPlan
+from ..compiler.schedule import Schedule
 
 
 class Executable:

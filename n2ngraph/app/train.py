@@ -35,8 +35,8 @@ from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save
 from .fileio import write_atomic
 from .images import self_ensemble
 from .metrics import psnr
-from .optim import learning_rate
-from .spec import OptimizerSpec, ScheduleSpec, Spec
+from ..runtime.optim import learning_rate
+from ..compiler.spec import OptimizerSpec, ScheduleSpec, Spec
 
 
 @attrs.frozen

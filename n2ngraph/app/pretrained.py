@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent  # n2ngraph/, beside app/
 SPECS = PACKAGE / "specs"
 WEIGHTS = PACKAGE / "weights"
 

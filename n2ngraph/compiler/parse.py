@@ -1,25 +1,11 @@
-"""Pass 1: YAML text -> ``Spec``, a frozen, validated description of a network.
-
-The format (documented in README.md, "The spec format"):
-
-    name: noise2noise
-    inputs:
-      noisy:  {channels: 3}
-      target: {channels: 3}
-    nodes:                                   # in any order; edges are the `in` names
-      conv1: {op: conv2d, in: noisy, in_channels: 3, out_channels: 24, kernel: 3}
-      relu1: {op: relu, in: conv1}
-      loss:  {op: mse, in: [relu1, target]}
-    output: relu1                            # what inference returns
-    loss: loss                               # what training minimises (optional)
-    train: {...}                             # the recipe (see TrainSpec)
+"""Pass 1: YAML text -> ``Spec`` (``spec.py``), validated.
 
 YAML is read with a safe loader (no object tags) that also remembers the line of every
 mapping and key, so each error can point at the line to fix. Everything is checked here
 that can be checked without image sizes: known ops and attributes, types and ranges,
-references, duplicates and cycles. Shapes are checked by ``graph.infer_shapes``, which
-``load_spec`` runs once on the recipe's crop size so a channel mismatch is reported at
-load time.
+references, duplicates and cycles. Shapes are checked by ``shapes.infer_shapes``, which
+``parse_spec`` runs once on the recipe's crop size so a channel mismatch is reported at
+load time. The format is documented in README.md, "The spec format".
 """
 
 from __future__ import annotations
@@ -32,8 +18,11 @@ import attrs
 import networkx as nx
 import yaml
 
-from .errors import SpecError
-from .ops import OPS, Op
+from ..errors import SpecError
+from ..ops import OPS, Op
+from .shapes import check_shapes
+from .spec import (INITS, OPTIMIZERS, SCHEDULES, InputSpec, NodeSpec, OptimizerSpec, ScheduleSpec,
+                   Spec, TrainSpec)
 
 # ---- a YAML loader that keeps line numbers and refuses duplicate keys -----------------
 
@@ -83,118 +72,8 @@ def _line(mapping: Any, key: str | None = None) -> int | None:
     return mapping.line
 
 
-# ---- the IR ----------------------------------------------------------------------
-
-
-@attrs.frozen
-class InputSpec:
-    """A named graph input: an image-shaped tensor with a fixed channel count."""
-
-    name: str
-    channels: int
-    line: int | None = None
-
-
-@attrs.frozen
-class NodeSpec:
-    """One op application: a named node, its op (with attributes) and its input names."""
-
-    name: str
-    op: Op
-    inputs: tuple[str, ...]
-    line: int | None = None
-
-
-# Which settings each optimizer and each learning-rate schedule reads (besides `name`);
-# a setting of another one is an error, not silently ignored.
-OPTIMIZERS = {
-    "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
-    "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-}
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}  # PyTorch's own SGD and Adam defaults
-SCHEDULES = {
-    "constant": (),
-    "step": ("step_size", "gamma"),
-    "cosine": ("eta_min",),
-    "rampdown": ("rampdown_fraction", "rampup_fraction"),
-}
-
-
-@attrs.frozen
-class OptimizerSpec:
-    """An optimizer and its settings; those of the other optimizer keep their defaults."""
-
-    name: str = "sgd"
-    lr: float = attrs.field(default=attrs.Factory(lambda self: DEFAULT_LR.get(self.name, 0.01),
-                                                  takes_self=True))
-    momentum: float = 0.0
-    dampening: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple)
-    eps: float = 1e-8
-    amsgrad: bool = False
-
-
-@attrs.frozen
-class ScheduleSpec:
-    """How the learning rate moves over a run (optim.learning_rate computes it).
-
-    step:     lr * gamma ** (epoch // step_size)          -- step_size counts epochs
-    cosine:   eta_min + (lr - eta_min) (1 + cos(pi s / S)) / 2 over all S steps
-    rampdown: the Noise2Noise paper's: constant, then a squared-cosine ramp to 0 over the
-              last rampdown_fraction of the steps; optional linear ramp-up over the first
-              rampup_fraction
-    """
-
-    name: str = "constant"
-    step_size: int = 1
-    gamma: float = 0.1
-    eta_min: float = 0.0
-    rampdown_fraction: float = 0.3
-    rampup_fraction: float = 0.0
-
-
-@attrs.frozen
-class TrainSpec:
-    """The training recipe a spec carries; command-line options override it."""
-
-    optimizer: OptimizerSpec = OptimizerSpec()
-    schedule: ScheduleSpec = ScheduleSpec()
-    clip_grad_norm: float | None = None  # rescale gradients whose global L2 norm exceeds it
-    augment: bool = False  # random flips and 90-degree rotations of each training pair
-    init: str = "uniform"
-    batch: int = 4
-    epochs: int = 5
-    pairs: int = 50_000
-    crop: int = 32
-    seed: int = 0
-
-
-@attrs.frozen
-class Spec:
-    name: str
-    inputs: tuple[InputSpec, ...]
-    nodes: tuple[NodeSpec, ...]
-    output: str
-    loss: str | None
-    train: TrainSpec
-    file: str | None = None
-
-    def node(self, name: str) -> NodeSpec:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(i.name for i in self.inputs)
-
-
 # ---- loading ---------------------------------------------------------------------
 
-INITS = ("uniform", "xavier", "kaiming")
 _TOP_KEYS = {"name", "inputs", "nodes", "output", "loss", "train"}
 
 
@@ -222,8 +101,6 @@ def parse_spec(text: str, file: str | None = None) -> Spec:
         except yaml.YAMLError as e:
             raise SpecError(f"invalid YAML: {e}") from None
         spec = _build(doc, file)
-        from .graph import check_shapes  # shape inference lives with the graph pass
-
         check_shapes(spec)
         return spec
     except SpecError as e:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .spec import INITS, Spec
+from ..compiler.spec import INITS, Spec
 
 
 def initial_params(spec: Spec, method: str, seed: int, *, dtype, device) -> dict[str, torch.Tensor]:

@@ -1,0 +1,513 @@
+"""The command line, ``python -m n2ngraph.run``: train, resume, evaluate, denoise, sweep (also ``n2ngraph``).
+
+Every user error (a bad spec, image, pkl, weights file, option or run directory) is one
+line on stderr naming the file and the problem, exit status 2, and nothing on disk is
+overwritten or left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ..compiler.parse import load_spec, parse_spec
+from ..compiler.spec import OPTIMIZERS, SCHEDULES, OptimizerSpec, Spec
+from ..errors import SpecError
+from ..runtime.program import compile
+from . import pretrained
+from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
+from .data import DataError
+
+EXAMPLES = """\
+examples:
+  python -m n2ngraph.run specs/noise2noise.yaml --train                 the seed's recipe
+  python -m n2ngraph.run specs/noise2noise.yaml --train --epochs 1 --pairs 5000 --run runs/quick
+  python -m n2ngraph.run --resume runs/quick                           continue a stopped run
+  python -m n2ngraph.run specs/noise2noise.yaml --train --optimizer adam --schedule rampdown --augment
+  python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick
+  python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick --data photos/ --noise gaussian:25
+  python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png b.jpg --weights runs/quick --out clean/
+  python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png --out clean/   with the shipped weights
+  python -m n2ngraph.run specs/noise2noise.yaml --sweep --lrs 0.1,1,1.5 --batches 4,16 --epochs 1
+  python -m n2ngraph.run specs/noise2noise.yaml --export pairs/ --pairs 50000   course-format pkl files
+  python -m n2ngraph.run specs/noise2noise.yaml --summary                compiled graph and memory plan
+  python -m n2ngraph.run specs/noise2noise.yaml --profile --batch 64     where the time goes, node by node
+
+data (--data): scikit-image's bundled photos by default (split by image into training
+and validation); a folder of png/jpg photos; or the course's train_data.pkl (two uint8
+N x 3 x 32 x 32 tensors, noisy input and noisy target; a val_data.pkl beside it, noisy
+and clean, is used for validation). Noise (--noise): gaussian:SIGMA (0-255 scale),
+poisson:PEAK, bernoulli:P, none; results are quantised to 8 bits like real photos.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m n2ngraph.run", epilog=EXAMPLES,
+                                description="Train and use Noise2Noise denoisers compiled by n2ngraph.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", nargs="?", help="network spec (YAML), e.g. specs/noise2noise.yaml")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", action="store_true", help="train with the spec's recipe")
+    mode.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
+    mode.add_argument("--eval", action="store_true", help="PSNR of input and output on validation data")
+    mode.add_argument("--denoise", nargs="+", metavar="IMG", help="denoise these photos")
+    mode.add_argument("--sweep", action="store_true", help="grid of learning rates x batch sizes")
+    mode.add_argument("--export", metavar="DIR", help="write training and validation pairs as the "
+                      "course's train_data.pkl / val_data.pkl")
+    mode.add_argument("--summary", action="store_true", help="print the compiled program (default)")
+    mode.add_argument("--profile", action="store_true",
+                      help="--summary, then the time of every node's forward and backward kernels")
+    r = p.add_argument_group("training (defaults: the spec's train: recipe)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch", type=int)
+    r.add_argument("--lr", type=float, help="learning rate (with --optimizer: its default)")
+    r.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="another optimizer than the spec's, with its default settings")
+    r.add_argument("--schedule", choices=list(SCHEDULES),
+                   help="another learning-rate schedule than the spec's, with its defaults")
+    r.add_argument("--clip-grad-norm", type=float, metavar="X",
+                   help="rescale gradients to global L2 norm <= X (0: no clipping)")
+    r.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="random flips and 90-degree rotations of the training pairs")
+    r.add_argument("--crop", type=int, help="training crop size")
+    r.add_argument("--pairs", type=int, help="training pairs per epoch")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--run", metavar="DIR", help="run directory (default runs/<spec>-<time>)")
+    r.add_argument("--from-weights", metavar="FILE|RUNDIR|shipped",
+                   help="start from these parameters instead of fresh ones (fine-tuning): a "
+                        "checkpoint, a run's best one, or 'shipped' for the spec's shipped weights")
+    r.add_argument("--max-steps", type=int, help="stop after this many steps, resumable")
+    r.add_argument("--lrs", default="0.001,0.01,0.1,0.5,1,1.5,2", help="sweep learning rates")
+    r.add_argument("--batches", default="4,12,24,48", help="sweep batch sizes")
+    d = p.add_argument_group("data and devices")
+    d.add_argument("--data", help="photo folder or train_data.pkl (default: embedded photos)")
+    d.add_argument("--noise", default="gaussian:25", help="noise model (default gaussian:25)")
+    d.add_argument("--val-count", type=int, default=1000, help="validation crops (default 1000)")
+    d.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    d.add_argument("--float64", action="store_true", help="compute in float64")
+    d.add_argument("--tf32", action="store_true",
+                   help="on a GPU, let float32 GEMMs use TF32 tensor cores: several times "
+                        "faster, with 10-bit mantissas (PyTorch's own convolutions do so by default)")
+    d.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a GPU, replay each step as one CUDA graph (default); "
+                        "--no-cuda-graphs launches every kernel from Python")
+    d.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 "
+                   "is often fastest at small batches or on a busy machine)")
+    d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one "
+                   "(default for --eval, --denoise: the weights shipped for the spec)")
+    d.add_argument("--ensemble", action="store_true",
+                   help="--eval, --denoise: average the eight flips and rotations (8x the time, "
+                        "a sharper result)")
+    d.add_argument("--out", metavar="DIR", help="where --denoise writes its PNGs")
+    d.add_argument("--overwrite", action="store_true", help="let --denoise replace existing files")
+    d.add_argument("--steps", type=int, default=20, help="--summary, --profile: steps to time (default 20)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+# ---- helpers -----------------------------------------------------------------------
+
+
+def _dtype(args) -> torch.dtype:
+    return torch.float64 if args.float64 else torch.float32
+
+
+def _device(name: str) -> str:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise UsageError(f"--device {name}: expected cpu or cuda")
+    return name
+
+
+def _spec(args) -> tuple[Spec, str]:
+    if not args.spec:
+        raise UsageError("a spec file is needed, e.g. specs/noise2noise.yaml")
+    spec = load_spec(args.spec)
+    return spec, Path(args.spec).read_text()
+
+
+def _config(spec: Spec, args, **extra):
+    from .data import parse_noise
+    from .train import TrainConfig
+
+    for name in ("epochs", "batch", "pairs", "val_count", "crop"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    batch = extra.get("batch") or args.batch or spec.train.batch
+    pairs = args.pairs or spec.train.pairs
+    if batch > pairs:
+        raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
+    if args.lr is not None and args.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.clip_grad_norm is not None and not args.clip_grad_norm >= 0:
+        raise UsageError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
+    try:
+        parse_noise(args.noise)
+    except ValueError as e:
+        raise UsageError(f"--noise: {e}") from None
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(f"--data {args.data}: no such file or folder")
+    values = dict(epochs=args.epochs, batch=args.batch, lr=args.lr, pairs=args.pairs,
+                  seed=args.seed, noise=args.noise, data=args.data, val_count=args.val_count,
+                  device=_device(args.device), optimizer=args.optimizer, schedule=args.schedule,
+                  clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop,
+                  float64=args.float64 or None, tf32=args.tf32 or None)
+    values.update(extra)
+    return TrainConfig.from_spec(spec, **values)
+
+
+def _model(spec: Spec, config, dtype, args):
+    shape = (config.batch, spec.inputs[0].channels, config.crop, config.crop)
+    return compile(spec, shape, device=config.device, dtype=dtype, seed=config.seed,
+                   optimizer=config.optimizer_spec(spec),
+                   clip_grad_norm=config.clip_grad_norm or 0.0, cuda_graphs=args.cuda_graphs)
+
+
+def _weights_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best.safetensors"
+    return p
+
+
+def _shipped_weights(spec: Spec, flag: str) -> Path:
+    path = pretrained.weights_path(spec.name)
+    if not path.is_file():
+        raise UsageError(f"no weights ship with n2ngraph for spec '{spec.name}': pass "
+                         f"{flag} FILE|RUNDIR (a checkpoint, or a run directory)")
+    print(f"weights: {path} (shipped for '{spec.name}')")
+    return path
+
+
+def _read_params_into(model, spec: Spec, path: Path) -> None:
+    params, _, _, _ = load_checkpoint(path)
+    check_params_fit(path, params, model.state_dict(), spec.name)
+    model.load_state_dict(params)
+
+
+def _load_weights(spec: Spec, args, dtype):
+    """--weights, or else the weights shipped with n2ngraph for a spec of that name."""
+    path = _weights_file(args.weights) if args.weights else _shipped_weights(spec, "--weights")
+    model = compile(spec, None, device=_device(args.device), dtype=dtype,
+                    cuda_graphs=args.cuda_graphs)
+    _read_params_into(model, spec, path)
+    return model
+
+
+def _finish_run(run, data, config, dtype, log=print) -> None:
+    from .images import to_uint8
+    from .plots import plot_examples, plot_history
+
+    plot_history(run.metrics(), run.dir / "history.png", f"{run.spec.name}: {run.dir.name}")
+    sample = data.val_noisy[:6]
+    x = sample.to(device=config.device, dtype=dtype) / 255
+    plot_examples(sample, to_uint8(run.model.forward(x)), data.val_clean[:6], run.dir / "examples.png")
+    log(f"best validation PSNR {run.best:.2f} dB; weights in {run.dir / 'best.safetensors'}")
+
+
+# ---- modes -------------------------------------------------------------------------
+
+
+def do_train(args) -> int:
+    from .train import Run, prepare_data
+
+    spec, text = _spec(args)
+    directory = Path(args.run or f"runs/{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if directory.exists():
+        raise UsageError(f"run directory {directory} already exists: continue it with "
+                         f"--resume {directory}, or choose another --run")
+    start = None
+    if args.from_weights:  # checked before any data is made or any file written
+        start = (_shipped_weights(spec, "--from-weights") if args.from_weights == "shipped"
+                 else _weights_file(args.from_weights))
+        if not start.is_file():
+            raise UsageError(f"--from-weights {args.from_weights}: no such checkpoint ({start})")
+    config = _config(spec, args, from_weights=str(start) if start else None)
+    data = prepare_data(config)
+    dtype = _dtype(args)
+    model = _model(spec, config, dtype, args)
+    if start is not None:
+        _read_params_into(model, spec, start)
+    run = Run(directory, spec, text, model, config, dtype=dtype)
+    run.create()
+    print(f"training {spec.name} into {directory}: {config.epochs} epochs, batch {config.batch}, "
+          f"{config.optimizer} lr {config.lr}, {config.schedule} schedule; {data.description}"
+          + (f"; starting from the parameters in {start}" if start else ""))
+    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
+        _finish_run(run, data, config, dtype)
+    return 0
+
+
+def do_resume(args) -> int:
+    from .train import Run, TrainConfig, prepare_data
+
+    directory = Path(args.resume)
+    config_path, spec_path = directory / "config.json", directory / "spec.yaml"
+    for path in (config_path, spec_path):
+        if not path.is_file():
+            raise UsageError(f"{path}: missing; is {directory} a run directory?")
+    try:
+        config = TrainConfig(**json.loads(config_path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
+    text = spec_path.read_text()
+    spec = parse_spec(text, file=str(spec_path))
+    for flag, recorded in (("float64", config.float64), ("tf32", config.tf32)):
+        if getattr(args, flag) and not recorded:
+            raise UsageError(f"--{flag}: {directory} was trained without it, and a resumed run "
+                             f"keeps the arithmetic it started with")
+    if config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dtype = torch.float64 if config.float64 else torch.float32
+    model = _model(spec, config, dtype, args)
+    run = Run(directory, spec, text, model, config, dtype=dtype)
+    run.restore()
+    if run.epoch >= config.epochs:
+        print(f"{directory}: already trained for {config.epochs} epochs")
+        return 0
+    data = prepare_data(config)
+    print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
+    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
+        _finish_run(run, data, config, dtype)
+    return 0
+
+
+def do_eval(args) -> int:
+    from tqdm import tqdm
+
+    from . import data as datasets
+    from .images import denoise
+    from .metrics import psnr
+    from .train import evaluate
+
+    spec, _ = _spec(args)
+    dtype = _dtype(args)
+    model = _load_weights(spec, args, dtype)
+    noise = datasets.parse_noise(args.noise) if args.noise else None
+    seed = args.seed if args.seed is not None else 0
+    source = args.data
+    if source and Path(source).is_dir():
+        photos = datasets.load_folder(source)
+        before, after = [], []
+        listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
+                      disable=args.no_progress, dynamic_ncols=True)
+        for i, (name, clean) in enumerate(listed):
+            noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
+            out = denoise(model, spec, noisy, device=model.device, dtype=dtype,
+                          ensemble=args.ensemble)
+            reference = clean[None].double() / 255
+            before.append(psnr(noisy.double() / 255, reference))
+            after.append(psnr(out.double() / 255, reference))
+        n, input_psnr, output_psnr = len(after), sum(before) / len(before), sum(after) / len(after)
+        what = f"{n} photos in {source} (noise {noise}, seed {seed}, full size, 8-bit output)"
+    else:
+        if source:
+            noisy, clean = datasets.load_pairs(source)
+            what = f"{len(noisy)} pairs in {source}"
+        else:
+            _, val = datasets.embedded_split()
+            noisy, clean = datasets.validation_set(val, args.val_count, spec.train.crop, noise, seed)
+            what = f"{len(noisy)} validation crops of scikit-image's photos (noise {noise}, seed {seed})"
+        input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype,
+                                           ensemble=args.ensemble)
+    if args.ensemble:
+        what += ", mean of 8 orientations"
+    print(f"{spec.name}: PSNR {input_psnr:.2f} dB (input) -> {output_psnr:.2f} dB (output) on {what}")
+    return 0
+
+
+def do_denoise(args) -> int:
+    from . import data as datasets
+    from .images import denoise
+
+    spec, _ = _spec(args)
+    if not args.out:
+        raise UsageError("--denoise needs --out DIR for the results")
+    dtype = _dtype(args)
+    photos = [(Path(p), datasets.load_photo(p)) for p in args.denoise]  # all readable first
+    out_dir = Path(args.out)
+    targets = [out_dir / f"{path.stem}.png" for path, _ in photos]
+    if len(set(targets)) != len(targets):
+        raise UsageError("two inputs share a file name; their outputs would collide")
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{existing[0]} exists (pass --overwrite to replace it)")
+    model = _load_weights(spec, args, dtype)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for (path, photo), target in zip(photos, targets):
+        start = time.perf_counter()
+        result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
+                         ensemble=args.ensemble)[0]
+        datasets.save_photo(target, result)
+        h, w = photo.shape[1:]
+        print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def do_sweep(args) -> int:
+    import csv
+
+    from .fileio import write_atomic
+    from .plots import plot_sweep
+    from .train import Run, prepare_data
+
+    spec, text = _spec(args)
+    try:
+        lrs = [float(v) for v in args.lrs.split(",")]
+        batches = [int(v) for v in args.batches.split(",")]
+    except ValueError:
+        raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
+    directory = Path(args.run or f"runs/{spec.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
+    if directory.exists():
+        raise UsageError(f"sweep directory {directory} already exists; choose another --run")
+    dtype = _dtype(args)
+    data = prepare_data(_config(spec, args))
+    results = []
+    for batch in batches:
+        for lr in lrs:
+            config = _config(spec, args, batch=batch, lr=lr)
+            run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype, args),
+                      config, dtype=dtype, log=lambda *_: None)
+            run.create()
+            run.train(data, progress=not args.no_progress)
+            results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
+            print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
+
+    def write(temp):
+        with open(temp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["lr", "batch", "val_psnr"])
+            writer.writeheader()
+            writer.writerows(results)
+
+    write_atomic(directory / "sweep.csv", write)
+    plot_sweep(results, directory / "sweep.png")
+    best = max(results, key=lambda r: r["val_psnr"])
+    print(f"best: lr {best['lr']:g}, batch {best['batch']}, {best['val_psnr']:.2f} dB; "
+          f"{directory / 'sweep.png'}")
+    return 0
+
+
+def do_export(args) -> int:
+    from . import data as datasets
+    from .train import prepare_data
+
+    spec, _ = _spec(args)
+    config = _config(spec, args)
+    out = Path(args.export)
+    targets = [out / "train_data.pkl", out / "val_data.pkl"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise UsageError(f"{existing[0]} exists; choose another folder")
+    data = prepare_data(config)
+    a, b = data.make_pairs(0)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.save_pairs(targets[0], a, b)
+    datasets.save_pairs(targets[1], data.val_noisy, data.val_clean)
+    print(f"wrote {targets[0]} ({len(a)} noisy/noisy pairs) and {targets[1]} "
+          f"({len(data.val_noisy)} noisy/clean pairs); {data.description}")
+    return 0
+
+
+def do_summary(args) -> int:
+    spec, _ = _spec(args)
+    recipe = spec.train
+    batch, crop = args.batch or recipe.batch, args.crop or recipe.crop
+    shape = (batch, spec.inputs[0].channels, crop, crop)
+    dtype = _dtype(args)
+    prog = compile(spec, shape, device=_device(args.device), dtype=dtype,
+                   cuda_graphs=args.cuda_graphs)
+    compiled = prog.compiled("train" if spec.loss else "infer", prog.input_shapes(shape))
+    graph = compiled.graph
+    n_params = sum(p.numel() for p in prog.params.values())
+    print(f"{spec.name}: {len(spec.nodes)} nodes, {len(prog.params)} parameter tensors "
+          f"({n_params:,} values), compiled for {tuple(shape)} {str(dtype).split('.')[-1]} "
+          f"on {prog.device}")
+    for node in spec.nodes:
+        if node.name in graph:
+            print(f"  {node.name:<12} {node.op.describe():<70} -> {graph.nodes[node.name]['shape']}")
+    kinds = [graph.nodes[v]["kind"] for v in compiled.schedule.order]
+    print(f"schedule: {kinds.count('op')} forward kernels, {len(kinds) - kinds.count('op')} backward "
+          f"({len(graph.graph.get('pruned', ()))} gradients pruned)")
+    print(f"memory: {compiled.plan.report()}")
+    if not spec.loss or args.steps <= 0:
+        return 0
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(shape, generator=gen, dtype=dtype)
+    noisy = [(clean + 0.1 * torch.randn(shape, generator=gen, dtype=dtype)).to(prog.device)
+             for _ in range(2)]
+    prog.train_step(*noisy)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        loss = prog.train_step(*noisy)
+    elapsed = time.perf_counter() - start
+    print(f"{args.steps} training steps on synthetic pairs: {elapsed / args.steps * 1e3:.2f} ms/step, "
+          f"{args.steps * batch / elapsed:,.0f} samples/s, final loss {loss:.5f}")
+    if args.profile:
+        print_profile(compiled, prog, noisy, args.steps)
+    return 0
+
+
+def print_profile(compiled, prog, inputs, repeats: int) -> None:
+    """Median time of each node's forward kernel and of the VJP kernels that
+    differentiate it, slowest node first; then the optimizer update."""
+    graph = compiled.graph
+    seconds = compiled.executable.profile(dict(zip(prog.spec.input_names, inputs)), repeats)
+    rows: dict[str, list[float]] = {}
+    for value, t in seconds.items():
+        data = graph.nodes[value]
+        owner = data["fwd"] if data["kind"] in ("op", "vjp") else f"({data['kind']} {data['fwd']})"
+        rows.setdefault(owner, [0.0, 0.0])[0 if data["kind"] == "op" else 1] += t
+    optimizer = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prog.optimizer.step()
+        optimizer.append(time.perf_counter() - start)
+    rows["(optimizer)"] = [0.0, sorted(optimizer)[len(optimizer) // 2]]
+    total = sum(sum(r) for r in rows.values())
+    print(f"\nprofile: median of {repeats} steps, kernel by kernel ({total * 1e3:.2f} ms in all)")
+    print(f"  {'node':<24} {'op':<18} {'forward':>10} {'backward':>10} {'share':>7}")
+    for owner, (fwd, bwd) in sorted(rows.items(), key=lambda kv: -sum(kv[1])):
+        op = graph.nodes[owner]["op"].name if owner in graph else ""
+        print(f"  {owner:<24} {op:<18} {fwd * 1e3:8.3f}ms {bwd * 1e3:8.3f}ms "
+              f"{(fwd + bwd) / total:7.1%}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    modes = [("train", do_train), ("resume", do_resume), ("eval", do_eval),
+             ("denoise", do_denoise), ("sweep", do_sweep), ("export", do_export)]
+    action = next((fn for name, fn in modes if getattr(args, name)), do_summary)
+    try:
+        return action(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
