@@ -1,19 +1,17 @@
 """n2ngraph: a from-scratch graph compiler for training Noise2Noise denoisers.
 
-The pipeline, one module per pass (each a pure function from one immutable IR to the
-next; only the executor mutates, and only its own preallocated buffers):
+The package is layered; each layer imports only the ones below it:
 
-    spec.py       YAML -> Spec                    (validated, frozen attrs)
-    graph.py      Spec -> forward DAG             (networkx, shapes inferred)
-    rewrite.py    forward DAG -> forward DAG      (cheaper equivalent subgraphs)
-    autodiff.py   forward DAG -> joint DAG        (VJP rules from ops/)
-    schedule.py   joint DAG -> Schedule           (order + frees)
-    memory.py     Schedule -> MemoryPlan          (liveness, reuse, in place)
-    executor.py   MemoryPlan -> Executable        (kernels bound to buffers)
-    program.py    compile(): all of the above, plus parameters and optimizer
-                  (flat.py: parameters, gradients and optimizer state packed flat)
+    app/        training, evaluation, denoising photos, the command line
+    compat/     the course's module API (Conv2d, ReLU, Sequential, SGD), compiled
+    runtime/    Program: plans per input shape, buffers, optimizers, CUDA replay
+    compiler/   pure passes, one IR to the next:
+                parse -> Spec -> graph -> rewrite -> autodiff -> lower -> schedule -> memory
+    kernels/    how ops with several ways to be computed are computed (conv GEMMs, tiles)
+    ops/        what each op is: attributes, shape rule, VJP rules, reference kernels
+    errors.py   SpecError, the one error a bad spec gives
 
-    ops/          one op per class: attributes, shape rule, kernels, VJP rules
+Only the runtime mutates tensors, and only those it allocated up front.
 """
 
 from .errors import SpecError

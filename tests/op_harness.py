@@ -11,6 +11,9 @@ whatever the previous step left in them. The harness does the same, only worse:
 - arguments are copies, checked afterwards to be unchanged, except the one that the
   op declared it may overwrite (``op.inplace`` / ``VJP.inplace``) when it is aliased.
 
+Each computation runs the kernel a CPU plan runs for it (``kernels.kernel_for``: for most
+ops the op's own method, for conv2d and its kin one from the kernel table, as the op's
+hints ask), or with ``reference=True`` the op's own method, its plain reference kernel.
 Results come back as fresh (ordinary) tensors.
 """
 
@@ -21,6 +24,7 @@ from typing import Mapping
 
 import torch
 
+from n2ngraph.kernels import Kernel, OpKernel, kernel_for
 from n2ngraph.ops import Op
 
 GUARD = 3
@@ -74,14 +78,20 @@ def _check_untouched(kernel: str, originals: Tensors, placed: Tensors, aliased: 
             assert torch.equal(placed[role], original), f"{kernel} modified its argument {role!r}"
 
 
+def kernel(op: Op, method: str, reference: bool = False) -> Kernel:
+    """The kernel computing ``method`` of ``op``: a CPU plan's, or the op's own."""
+    return OpKernel(op, method) if reference else kernel_for(op, method, "cpu")
+
+
 def run_forward(op: Op, tensors: Tensors, *, alias: bool = False,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``op.forward`` on copies of ``tensors``; with ``alias``, ``out`` IS the input
+                dtype: torch.dtype | None = None, reference: bool = False) -> torch.Tensor:
+    """The forward kernel on copies of ``tensors``; with ``alias``, ``out`` IS the input
     named by ``op.inplace``. ``dtype`` is only needed for ops without inputs (seed)."""
-    return _forward(op, tensors, alias=alias, dtype=dtype)[0].clone()
+    return _forward(op, tensors, alias=alias, dtype=dtype, reference=reference)[0].clone()
 
 
-def _forward(op: Op, tensors: Tensors, *, alias: bool = False, dtype: torch.dtype | None = None):
+def _forward(op: Op, tensors: Tensors, *, alias: bool = False, dtype: torch.dtype | None = None,
+             reference: bool = False):
     """(out, workspaces) of the forward kernel, as it left them."""
     found_dtype, device = _dtype_device(tensors)
     arena = Arena(dtype or found_dtype, device)
@@ -93,16 +103,18 @@ def _forward(op: Op, tensors: Tensors, *, alias: bool = False, dtype: torch.dtyp
         assert tuple(out.shape) == shapes["out"]
     else:
         out = arena.empty(shapes["out"], "out")
+    forward = kernel(op, "forward", reference)
     ws = {name: arena.empty(shape, f"workspace {name!r}")
-          for name, shape in op.workspace("forward", shapes).items()}
-    op.forward(out, ws, **args)
+          for name, shape in forward.workspace(shapes).items()}
+    forward.run(out, ws, **args)
     arena.check_guards(f"{op.name}.forward")
     _check_untouched(f"{op.name}.forward", tensors, args, op.inplace if alias else None)
     return out, ws
 
 
 def run_vjp(op: Op, role: str, tensors: Tensors, gout: torch.Tensor, *,
-            out: torch.Tensor | None = None, alias: bool = False) -> torch.Tensor:
+            out: torch.Tensor | None = None, alias: bool = False,
+            reference: bool = False) -> torch.Tensor:
     """The gradient w.r.t. ``role`` from the op's own VJP rule, given the output
     gradient ``gout``; with ``alias``, ``grad`` IS the need named by the rule's
     ``inplace``. ``out`` (the forward result) is computed with the op's forward kernel
@@ -123,16 +135,17 @@ def run_vjp(op: Op, role: str, tensors: Tensors, gout: torch.Tensor, *,
         assert tuple(grad.shape) == shapes[role]
     else:
         grad = arena.empty(shapes[role], f"grad {role!r}")
+    vjp = kernel(op, rule.kernel, reference)
     ws = {name: arena.empty(shape, f"workspace {name!r}")
-          for name, shape in op.workspace(rule.kernel, shapes).items()}
-    shared = op.shares(rule.kernel, shapes)
+          for name, shape in vjp.workspace(shapes).items()}
+    shared = vjp.shares(shapes)
     if shared:  # what the forward left in its workspaces, as the memory plan keeps it
         forward_ws = _forward(op, tensors)[1]
         ws.update({name: forward_ws[name] for name in shared})
-    kernel = f"{op.name}.{rule.kernel}"
-    getattr(op, rule.kernel)(grad, ws, **args)
-    arena.check_guards(kernel)
-    _check_untouched(kernel, originals, args, rule.inplace if alias else None)
+    name = f"{op.name}.{rule.kernel}"
+    vjp.run(grad, ws, **args)
+    arena.check_guards(name)
+    _check_untouched(name, originals, args, rule.inplace if alias else None)
     return grad.clone()
 
 

@@ -261,8 +261,8 @@ def test_program_vjp_matches_autograd_through_fan_out():
     for name, p in twin.named_parameters():
         torch.testing.assert_close(program.grads[name], p.grad, **F64)
     graph = program.compiled("vjp", {"noisy": (2, 3, 8, 8)}).graph
-    assert graph.nodes["grad:noisy"]["kind"] == "accumulate"
-    assert graph.nodes["grad:denoised"]["kind"] == "input"
+    assert graph["grad:noisy"].kind == "accumulate"
+    assert graph["grad:denoised"].kind == "input"
 
 
 def test_program_refuses_foreign_params():

@@ -26,29 +26,29 @@ def _compiled(path, kind="train", shape=SHAPE, dtype=torch.float32) -> ng.Compil
 def test_joint_graph_prunes_gradients_nobody_needs():
     graph = _compiled(ROOT / "specs" / "noise2noise.yaml").graph
     assert "grad:noisy" not in graph and "grad:target" not in graph
-    assert ("conv1", "x") in graph.graph["pruned"]
-    assert ("loss", "target") in graph.graph["pruned"]
-    assert set(graph.graph["grads"]) == {f"conv{i}.{r}" for i in range(1, 5) for r in ("weight", "bias")}
-    assert nx.is_directed_acyclic_graph(graph)
+    assert ("conv1", "x") in graph.pruned
+    assert ("loss", "target") in graph.pruned
+    assert set(graph.grads) == {f"conv{i}.{r}" for i in range(1, 5) for r in ("weight", "bias")}
+    assert nx.is_directed_acyclic_graph(graph.dag)
 
 
 def test_fan_out_gradients_meet_in_an_accumulate_node():
     graph = _compiled(ROOT / "specs" / "skipnet.yaml").graph
-    node = graph.nodes["grad:enc_act"]
-    assert node["kind"] == "accumulate"
-    assert sorted(v for _, v in node["args"]) == ["grad:enc_act@down.x", "grad:enc_act@skip.b"]
+    node = graph["grad:enc_act"]
+    assert node.kind == "accumulate"
+    assert sorted(v for _, v in node.args) == ["grad:enc_act@down.x", "grad:enc_act@skip.b"]
     # the residual's input branch needs no gradient: pruned, not computed
-    assert ("denoised", "b") in graph.graph["pruned"] and "grad:noisy" not in graph
+    assert ("denoised", "b") in graph.pruned and "grad:noisy" not in graph
 
 
 def test_schedule_is_topological_and_runs_forward_first(spec_path):
     compiled = _compiled(spec_path)
     order = compiled.schedule.order
     position = {v: i for i, v in enumerate(order)}
-    for u, v in compiled.graph.edges:
+    for u, v in compiled.graph.dag.edges:
         if u in position:
             assert position[u] < position[v]
-    kinds = [compiled.graph.nodes[v]["kind"] for v in order]
+    kinds = [compiled.graph[v].kind for v in order]
     first_backward = kinds.index("seed")
     assert all(k == "op" for k in kinds[:first_backward])
     assert all(k != "op" for k in kinds[first_backward:])

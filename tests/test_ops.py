@@ -31,6 +31,10 @@ from n2ngraph.ops.pool import AvgPool2d, MaxPool2d
 from n2ngraph.ops.tensor import Concat, Crop, Pad
 from n2ngraph.ops.upsample import UpsampleNearest
 from n2ngraph.ops.upsample_conv import UpsampleConv2d
+from n2ngraph.kernels import conv as conv_kernels
+from n2ngraph.kernels import kernel_for, layout
+from n2ngraph.kernels import upsample_conv as upsample_conv_kernels
+from n2ngraph.kernels.table import CONV2D_SIDES
 from op_harness import finite_difference, node_shapes, roles, run_forward, run_vjp
 from torch_reference import Pad as TorchPad
 
@@ -265,12 +269,14 @@ def test_the_op_declares_a_consistent_contract(case):
 
 # ---- 1. forward against torch ---------------------------------------------------------
 
+@pytest.mark.parametrize("reference", [False, True], ids=["planned", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_forward(case, dtype):
+def test_forward(case, dtype, reference):
+    """The kernel a plan runs, and the op's own reference kernel, against torch."""
     tensors = case.tensors(dtype)
     expected = case.oracle(case.op, **tensors)
-    got = run_forward(case.op, tensors)
+    got = run_forward(case.op, tensors, reference=reference)
     assert got.shape == expected.shape and got.dtype == dtype
     if case.exact:
         assert torch.equal(got, expected)
@@ -280,12 +286,14 @@ def test_forward(case, dtype):
 
 # ---- 2. VJPs against torch.autograd ---------------------------------------------------
 
+@pytest.mark.parametrize("reference", [False, True], ids=["planned", "reference"])
 @pytest.mark.parametrize(("case", "role"), VJP_CASES)
-def test_vjp_matches_autograd_float64(case, role):
+def test_vjp_matches_autograd_float64(case, role, reference):
     tensors = case.tensors(torch.float64)
     gout = random_like_out(case.op, tensors)
     expected = oracle_grads(case.op, case.oracle, tensors, gout, [role])[role]
-    torch.testing.assert_close(run_vjp(case.op, role, tensors, gout), expected, **F64)
+    torch.testing.assert_close(run_vjp(case.op, role, tensors, gout, reference=reference),
+                               expected, **F64)
 
 
 @pytest.mark.parametrize(("case", "role"), VJP_CASES)
@@ -405,19 +413,22 @@ def test_conv2d_infer_agrees_with_torch_on_every_configuration(config):
         assert tuple(shape) == tuple(conv_oracle(op, x, weight).shape)
 
 
-def _check_conv_against_autograd(op, x_shape, seed):
-    """Forward and every VJP of ``op`` on random float64 tensors against torch."""
+def _check_conv_against_autograd(op, x_shape, seed, reference=False):
+    """Forward and every VJP of ``op`` (a plan's kernels, or with ``reference`` the op's
+    own) on random float64 tensors against torch."""
     shape, error = _infer_or_error(op, x_shape)
     assume(error is None)
     gen = torch.Generator().manual_seed(seed)
     tensors = {role: torch.randn(s, dtype=torch.float64, generator=gen)
                for role, s in {"x": x_shape, **op.params()}.items()}
     gout = torch.randn(shape, dtype=torch.float64, generator=gen)
-    torch.testing.assert_close(run_forward(op, tensors), conv_oracle(op, **tensors), **F64)
+    torch.testing.assert_close(run_forward(op, tensors, reference=reference),
+                               conv_oracle(op, **tensors), **F64)
     wrt = list(tensors)
     expected = oracle_grads(op, conv_oracle, tensors, gout, wrt)
     for role in wrt:
-        torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64,
+        torch.testing.assert_close(run_vjp(op, role, tensors, gout, reference=reference),
+                                   expected[role], **F64,
                                    msg=lambda m, role=role: f"{op} grad {role}: {m}")
 
 
@@ -425,6 +436,7 @@ def _check_conv_against_autograd(op, x_shape, seed):
 @given(conv_configs(), st.integers(0, 2**31 - 1))
 def test_conv2d_drawn_forward_and_vjps_match_autograd(config, seed):
     _check_conv_against_autograd(*config, seed)
+    _check_conv_against_autograd(*config, seed, reference=True)
 
 
 @HYPOTHESIS
@@ -546,11 +558,14 @@ def test_conv_transpose2d_drawn_forward_and_vjps_match_autograd(config, seed):
     tensors = {role: torch.randn(s, dtype=torch.float64, generator=gen)
                for role, s in {"x": x_shape, **op.params()}.items()}
     gout = torch.randn(shape, dtype=torch.float64, generator=gen)
-    torch.testing.assert_close(run_forward(op, tensors), conv_transpose_oracle(op, **tensors), **F64)
     expected = oracle_grads(op, conv_transpose_oracle, tensors, gout, list(tensors))
-    for role in tensors:
-        torch.testing.assert_close(run_vjp(op, role, tensors, gout), expected[role], **F64,
-                                   msg=lambda m, role=role: f"{op} grad {role}: {m}")
+    for reference in (False, True):  # a plan's kernels, and the op's own
+        torch.testing.assert_close(run_forward(op, tensors, reference=reference),
+                                   conv_transpose_oracle(op, **tensors), **F64)
+        for role in tensors:
+            torch.testing.assert_close(run_vjp(op, role, tensors, gout, reference=reference),
+                                       expected[role], **F64,
+                                       msg=lambda m, role=role: f"{op} grad {role}: {m}")
 
 
 # ---- 5. in place ----------------------------------------------------------------------
@@ -737,37 +752,53 @@ def test_conv2d_output_and_no_unfold_need_stride_1(side):
     assert _spec_error(op.infer, x=(1, 2, 8, 8), **op.params()).field == "unfold"
 
 
+def _unfolds(op: Conv2d, method: str) -> str:
+    """The side a CPU plan's kernel for ``method`` of ``op`` unfolds ('input' for col2im,
+    the forward's side for the input gradient computed as the mirror conv's forward)."""
+    chosen = kernel_for(op, method)
+    if isinstance(chosen, conv_kernels.MirrorGradX):
+        chosen = chosen.forward
+    return next(side for side, row in CONV2D_SIDES.items() if type(chosen) in row)
+
+
+def _as_one(op: UpsampleConv2d, method: str) -> bool:
+    """Whether a plan runs the four phases of ``op``'s ``method`` as one GEMM."""
+    return isinstance(kernel_for(op, method), (upsample_conv_kernels.AllPhasesForward,
+                                               upsample_conv_kernels.AllPhasesGradX,
+                                               upsample_conv_kernels.AllPhasesGradWeight))
+
+
 def test_conv2d_auto_unfolds_the_output_side_where_the_conv_narrows():
     narrowing, square, widening = (Conv2d(24, 3, 3, padding=1), Conv2d(24, 24, 3, padding=1),
                                    Conv2d(3, 24, 3, padding=1))
     kernels = ("forward", "grad_x", "grad_weight")
-    assert {narrowing.side(k) for k in kernels} == {"output"}
-    assert {square.side(k) for k in kernels} == {widening.side(k) for k in kernels} == {"input"}
-    assert Conv2d(64, 3, 3, padding=1).side("forward") == "output"
+    assert {_unfolds(narrowing, k) for k in kernels} == {"output"}
+    assert {_unfolds(square, k) for k in kernels} == {_unfolds(widening, k) for k in kernels} == {"input"}
+    assert _unfolds(Conv2d(64, 3, 3, padding=1), "forward") == "output"
     strided = Conv2d(24, 3, 3, stride=2, padding=1)
-    assert {strided.side(k) for k in kernels} == {"input"}
+    assert {_unfolds(strided, k) for k in kernels} == {"input"}
     forced = Conv2d(24, 3, 3, padding=1, unfold="input")
-    assert forced.side("forward") == forced.side("grad_x") == "input"
+    assert _unfolds(forced, "forward") == _unfolds(forced, "grad_x") == "input"
 
 
 def test_conv2d_auto_skips_the_unfold_where_both_sides_are_wide():
     kernels = ("forward", "grad_x", "grad_weight")
     for wide in (Conv2d(67, 64, 3, padding=1), Conv2d(64, 32, 3, padding=1),
                  Conv2d(32, 32, 3, padding=1)):
-        assert {wide.side(k) for k in kernels} == {"none"}
-    assert Conv2d(32, 32, 3, stride=2, padding=1).side("forward") == "input"
-    assert Conv2d(3, 32, 3, padding=1).side("forward") == "input"
+        assert {_unfolds(wide, k) for k in kernels} == {"none"}
+    assert _unfolds(Conv2d(32, 32, 3, stride=2, padding=1), "forward") == "input"
+    assert _unfolds(Conv2d(3, 32, 3, padding=1), "forward") == "input"
     beyond = Conv2d(32, 32, 2, padding=3)  # padding beyond the reach: no mirror conv
-    assert (beyond.side("forward"), beyond.side("grad_x")) == ("none", "input")
+    assert (_unfolds(beyond, "forward"), _unfolds(beyond, "grad_x")) == ("none", "input")
 
 
 def test_upsample_conv2d_shares_one_gemm_across_phases_on_the_output_side():
     """The op table's 'upsample_conv2d-output' case checks the shared kernels against
     torch and finite differences; this checks that they are the ones it runs."""
     kernels = ("forward", "grad_x", "grad_weight")
-    assert all(UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output"))._as_one(k) for k in kernels)
-    assert all(UpsampleConv2d(Conv2d(24, 3, 3, padding=1))._as_one(k) for k in kernels)  # seed net
-    assert not any(UpsampleConv2d(Conv2d(24, 24, 3, padding=1))._as_one(k) for k in kernels)
+    assert all(_as_one(UpsampleConv2d(Conv2d(2, 3, 3, padding=1, unfold="output")), k) for k in kernels)
+    assert all(_as_one(UpsampleConv2d(Conv2d(24, 3, 3, padding=1)), k) for k in kernels)  # seed net
+    assert not any(_as_one(UpsampleConv2d(Conv2d(24, 24, 3, padding=1)), k) for k in kernels)
 
 
 @pytest.mark.parametrize("conv", [Conv2d(2, 2, 5, padding=2), Conv2d(2, 2, 3, padding=1, stride=2),
@@ -784,12 +815,10 @@ def test_conv2d_in_small_tiles_matches_autograd(config, tile_columns, seed):
     short) give the same numbers as torch whatever the tile size."""
     from unittest import mock
 
-    from n2ngraph.ops import conv2d
-
     op, x_shape = config
-    with mock.patch.object(conv2d, "TILE_COLUMNS", tile_columns):
+    with mock.patch.object(conv_kernels, "TILE_COLUMNS", tile_columns):
         _check_conv_against_autograd(attrs.evolve(op, unfold="input"), x_shape, seed)
-    # the same tiles asked for by the op's own ``tile`` (what rewrite.for_device sets)
+    # the same tiles asked for by the op's own ``tile`` hint
     _check_conv_against_autograd(attrs.evolve(op, unfold="input", tile=tile_columns), x_shape, seed)
     if op.stride == 1:
         _check_conv_against_autograd(attrs.evolve(op, unfold="none", tile=tile_columns), x_shape, seed)
@@ -802,11 +831,9 @@ def test_conv2d_output_side_zeroes_whole_or_in_strips_alike(config, below, seed)
     or only where no tap writes, gives torch's numbers either way."""
     from unittest import mock
 
-    from n2ngraph.ops import conv2d
-
     op, x_shape = config
     assume(op.stride == 1)
-    with mock.patch.object(conv2d, "ZERO_WHOLE_BELOW", below):
+    with mock.patch.object(layout, "ZERO_WHOLE_BELOW", below):
         _check_conv_against_autograd(attrs.evolve(op, unfold="output"), x_shape, seed)
 
 
@@ -817,22 +844,15 @@ def test_conv2d_without_unfold_in_small_tiles_matches_autograd(config, tile_colu
     one sample) give the same numbers as torch whatever the tile size."""
     from unittest import mock
 
-    from n2ngraph.ops import conv2d
-
     op, x_shape = config
     assume(op.stride == 1)
-    with mock.patch.object(conv2d, "TAP_TILE_COLUMNS", tile_columns):
+    with mock.patch.object(conv_kernels, "TAP_TILE_COLUMNS", tile_columns):
         _check_conv_against_autograd(attrs.evolve(op, unfold="none"), x_shape, seed)
 
 
 @pytest.mark.parametrize(("n", "ho", "wo", "columns"), [(5, 3, 3, 20), (2, 7, 3, 7), (1, 1, 1, 4)])
 def test_conv2d_tiles_cover_the_output_once(n, ho, wo, columns):
-    from unittest import mock
-
-    from n2ngraph.ops import conv2d
-
-    with mock.patch.object(conv2d, "TILE_COLUMNS", columns):
-        tiles = conv2d._tiles(n, ho, wo)
+    tiles = layout.tiles(n, ho, wo, columns)
     covered = torch.zeros(n, ho, dtype=torch.int64)
     for n0, n1, r0, r1 in tiles:
         covered[n0:n1, r0:r1] += 1

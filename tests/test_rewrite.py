@@ -3,11 +3,15 @@ and the torch.nn oracle agrees with the rewritten program step by step."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
 import n2ngraph as ng
 from n2ngraph.compiler import rewrite
+from n2ngraph.compiler.lower import lower
+from n2ngraph.kernels.base import Kernel
+from n2ngraph.kernels.table import GPU_TILE
 from n2ngraph.compiler.graph import forward_graph
 from n2ngraph.ops.upsample_conv import UpsampleConv2d
 
@@ -24,27 +28,34 @@ def always_fuse(monkeypatch):
 
 
 def _ops(graph) -> dict[str, str]:
-    return {v: d["op"].name for v, d in graph.nodes(data=True) if d["kind"] == "op"}
+    return {v: node.op.name for v, node in graph.nodes.items() if node.kind == "op"}
+
+
+def _tiles(kernel: Kernel) -> set[int]:
+    """The tiles a kernel and the kernels it is made of run in."""
+    fields = attrs.asdict(kernel, recurse=False)
+    own = {fields["tile"]} if "tile" in fields else set()
+    return own.union(*(_tiles(f) for f in fields.values() if isinstance(f, Kernel)))
 
 
 def test_every_upsample_conv_pair_of_the_seed_net_fuses(always_fuse):
     spec = SPECS["noise2noise"]
     plain = forward_graph(spec, {"noisy": (2, 3, 16, 16), "target": (2, 3, 16, 16)}, ["loss"])
     fused = rewrite.rewrite(plain)
-    assert fused.graph["fused"] == (("up1", "conv3"), ("up2", "conv4"))
+    assert fused.fused == (("up1", "conv3"), ("up2", "conv4"))
     ops = _ops(fused)
     assert "up1" not in ops and "up2" not in ops
     assert ops["conv3"] == ops["conv4"] == "upsample_conv2d"
-    assert dict(fused.nodes["conv3"]["args"]) == {"x": "relu2", "weight": "conv3.weight",
+    assert dict(fused["conv3"].args) == {"x": "relu2", "weight": "conv3.weight",
                                                   "bias": "conv3.bias"}
-    assert ("relu2", "conv3") in fused.edges and fused.nodes["conv3"]["shape"] == (2, 24, 8, 8)
+    assert ("relu2", "conv3") in fused.dag.edges and fused["conv3"].shape == (2, 24, 8, 8)
     assert _ops(plain)["up1"] == "upsample_nearest"  # the input graph is untouched
 
 
 def test_small_maps_stay_unfused():
     spec = SPECS["noise2noise"]
     plain = forward_graph(spec, {"noisy": (1, 3, 16, 16), "target": (1, 3, 16, 16)}, ["loss"])
-    assert rewrite.rewrite(plain).graph["fused"] == ()
+    assert rewrite.rewrite(plain).fused == ()
 
 
 FANNED_OUT = """
@@ -74,7 +85,7 @@ output: out
 def test_pairs_that_do_not_fit_are_left_alone(text, always_fuse):
     spec = ng.parse_spec(text)
     graph = forward_graph(spec, {"x": (1, 2, 6, 6)}, [spec.output])
-    assert rewrite.rewrite(graph).graph["fused"] == ()
+    assert rewrite.rewrite(graph).fused == ()
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -85,7 +96,7 @@ def test_rewritten_program_trains_exactly_like_the_plain_one(name, always_fuse):
     plain = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config, rewrite=False)
     fused = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     graph = fused.compiled("train", fused.input_shapes(shape)).graph
-    assert graph.graph["fused"], "nothing was fused: the test would compare a graph with itself"
+    assert graph.fused, "nothing was fused: the test would compare a graph with itself"
     ref = TorchNet(spec).to(torch.float64)
     ref.load_state_dict(plain.state_dict())
     opt = torch.optim.SGD(ref.parameters(), lr=config.lr, momentum=config.momentum)
@@ -104,7 +115,7 @@ def test_rewritten_program_trains_exactly_like_the_plain_one(name, always_fuse):
     photo = torch.rand(1, 3, 20, 28, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(fused.forward(photo), plain.forward(photo), rtol=1e-12, atol=1e-12)
     inference = fused.compiled("infer", {"noisy": (1, 3, 20, 28)}).graph
-    assert any(isinstance(d.get("op"), UpsampleConv2d) for _, d in inference.nodes(data=True))
+    assert any(isinstance(node.op, UpsampleConv2d) for node in inference.nodes.values())
 
 
 def test_compile_without_rewrites_keeps_the_spec_graph():
@@ -118,17 +129,19 @@ def test_compile_without_rewrites_keeps_the_spec_graph():
 
 @pytest.mark.parametrize("name,shape", [("noise2noise", (5, 3, 36, 36)), ("unet", (3, 3, 40, 48))])
 def test_untiled_gpu_schedules_train_like_the_cpu_ones(name, shape, monkeypatch, always_fuse):
-    """for_device's GPU schedules, run here on the CPU: every conv in one tile instead of
-    cache-sized ones (the default tiles split these batches into several), same numbers."""
+    """The kernels lower.py chooses for a GPU, run here on the CPU: every conv in one tile
+    instead of cache-sized ones (the default tiles split these batches into several),
+    same numbers."""
     spec = ng.load_spec(ROOT / "specs" / f"{name}.yaml")
     config = ng.compiler.spec.OptimizerSpec(lr=0.01, momentum=0.9)
     tiled = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
-    lowered = lambda graph, device: rewrite.for_device(graph, torch.device("cuda"))  # noqa: E731
-    monkeypatch.setattr(ng.runtime.program, "for_device", lowered)
+    for_gpu = lambda graph, device: lower(graph, torch.device("cuda"))  # noqa: E731
+    monkeypatch.setattr(ng.runtime.program, "lower", for_gpu)
     whole = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
-    convs = [d["op"] for _, d in whole.compiled("train", whole.input_shapes(shape)).graph.nodes(data=True)
-             if d.get("op") is not None and "conv" in d["op"].name]
-    assert convs and all(getattr(op, "conv", op).tile == rewrite.GPU_TILE for op in convs)
+    graph = whole.compiled("train", whole.input_shapes(shape)).graph
+    tiles = {tile for node in graph.nodes.values() if node.op is not None and "conv" in node.op.name
+             for tile in _tiles(node.impl)}
+    assert tiles == {GPU_TILE}
     gen = torch.Generator().manual_seed(2)
     for _ in range(3):
         x, t = (torch.rand(shape, generator=gen, dtype=torch.float64) for _ in range(2))

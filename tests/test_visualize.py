@@ -70,20 +70,20 @@ def test_dot_output_holds_every_node_and_edge(spec, mode, tmp_path):
     _, compiled, _ = viz.compile_spec(str(spec), mode)
     graph = compiled.graph
     assert set(graph.nodes) <= nodes
-    assert set(graph.edges) <= set(edges)
-    for u, v in graph.edges:  # the edge labels carry shape and dtype
-        shape = viz.fmt_shape(graph.nodes[u]["shape"])
+    assert set(graph.dag.edges) <= set(edges)
+    for u, v in graph.dag.edges:  # the edge labels carry shape and dtype
+        shape = viz.fmt_shape(graph[u].shape)
         assert re.match(rf'label="[^"]*{re.escape(shape)} f32"', edges[u, v]), (u, v, edges[u, v])
     if mode == "forward":
         assert compiled.kind == "infer"
-        assert {"vjp", "accumulate", "seed"}.isdisjoint(k for _, k in graph.nodes(data="kind"))
+        assert {"vjp", "accumulate", "seed"}.isdisjoint(node.kind for node in graph.nodes.values())
     if mode == "backward":
-        pruned = graph.graph["pruned"]
+        pruned = graph.pruned
         assert pruned, "every spec prunes the VJP towards its input image"
         for node, role in pruned:
             assert f"pruned:{node}/{role}" in nodes
             assert (f"grad:{node}", f"pruned:{node}/{role}") in edges
-        accumulate = [v for v, k in graph.nodes(data="kind") if k == "accumulate"]
+        accumulate = graph.of_kind("accumulate")
         for v in accumulate:
             assert "Σ accumulate" in text.split(f'"{v}" [label=', 1)[1].split("\n", 1)[0]
     if mode == "memory":
@@ -102,9 +102,9 @@ def test_backward_styles_vjp_accumulate_and_pruned_apart():
     ghosts = [b for b in pic.boxes.values() if b.kind == "pruned"]
     assert ghosts and all(b.dashed and b.muted for b in ghosts)
     # mirrored: each VJP sits between its forward node and that node's input
-    for v, data in compiled.graph.nodes(data=True):
-        if data["kind"] == "vjp":
-            fwd = data["fwd"]
+    for v, node in compiled.graph.nodes.items():
+        if node.kind == "vjp":
+            fwd = node.fwd
             assert pic.grid[viz.subject_of(compiled.graph, v)] < pic.grid[v] < pic.grid[fwd]
 
 
@@ -184,7 +184,7 @@ def test_python_layout_of_a_unet_never_overlaps(direction, tmp_path):
     path = tmp_path / "unet.yaml"
     path.write_text(_unet_yaml())
     spec, compiled, dtype = viz.compile_spec(str(path), "backward")
-    assert compiled.graph.number_of_nodes() > 120
+    assert len(compiled.graph) > 120
     pic = viz.build_picture(spec, compiled, "backward", dtype, (2, 3, 32, 32))
     lay = viz.python_layout(pic, direction)
     rects = [(r, ("box", v)) for v, r in lay.boxes.items()]

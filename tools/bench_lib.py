@@ -21,7 +21,7 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
   replayed step launches the kernels of n2ngraph's ops and eager's step launches its
   ops one by one from Python, so at small batches these counts, not the arithmetic,
   set the pace. ``--schedule-of cuda`` counts on the CPU the plan n2ngraph
-  builds for a GPU (``rewrite.for_device``: untiled convolutions).
+  builds for a GPU (the kernels ``compiler/lower.py`` chooses there: untiled convolutions).
 - ``--unfold input|output|none`` sets every conv2d of n2ngraph's network to unfold that
   side (``ops/conv2d.py``), instead of each conv's own choice: to compare schedules.
 - **memory** at the largest batch: for each contender, in a fresh child process, the
@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import n2ngraph as ng  # noqa: E402
-from n2ngraph.compiler.rewrite import GPU_TILE  # noqa: E402
+from n2ngraph.kernels.table import GPU_TILE  # noqa: E402
 from torch_reference import TorchModel  # noqa: E402
 
 CONTENDERS = ("n2ngraph", "eager", "compile")
@@ -207,7 +207,7 @@ def _reset_peak() -> None:
 def load(spec_path: str, unfold: str | None = None, schedule_of: str | None = None):
     """The spec, its conv2d nodes' schedule changed where asked (eager's network is the
     same): every conv unfolding side ``unfold``; with ``schedule_of='cuda'``, untiled,
-    the schedule ``rewrite.for_device`` gives them on a GPU, to run on this device."""
+    the tiles ``compiler/lower.py`` gives them on a GPU, to run on this device."""
     spec = ng.load_spec(spec_path)
     changes = {"unfold": unfold} if unfold else {}
     if schedule_of is not None and torch.device(schedule_of).type != "cpu":

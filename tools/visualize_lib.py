@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:  # a fresh checkout, run before `pip install -e .`
 
 import n2ngraph as ng  # noqa: E402
 from n2ngraph.app.fileio import write_atomic  # noqa: E402
+from n2ngraph.compiler.graph import Graph  # noqa: E402
 
 PROG = "tools/visualize"
 FORMATS = ("png", "svg", "dot")
@@ -160,41 +161,41 @@ def _describe(op) -> list[tuple[str, str]]:
     return [(name, "body")] + [(line, "note") for line in _wrap(attrs_, 30)]
 
 
-def _value_lines(graph: nx.DiGraph, value: str) -> list[tuple[str, str]]:
-    data = graph.nodes[value]
-    kind = data["kind"]
+def _value_lines(graph: Graph, value: str) -> list[tuple[str, str]]:
+    node = graph[value]
+    kind = node.kind
     if kind == "input":
-        return [(value, "title"), (f"input {fmt_shape(data['shape'])}", "body")]
+        return [(value, "title"), (f"input {fmt_shape(node.shape)}", "body")]
     if kind == "param":
-        return [(value, "title"), (f"param {fmt_shape(data['shape'])}", "body")]
+        return [(value, "title"), (f"param {fmt_shape(node.shape)}", "body")]
     if kind == "op":
-        return [(value, "title"), *_describe(data["op"])]
+        return [(value, "title"), *_describe(node.op)]
     if kind == "vjp":
-        return [(value, "title"), (f"vjp {data['op'].name}.{data['kernel']}", "body"),
-                (f"d{data['fwd']}/d{data.get('role', '?')}", "note")]
+        return [(value, "title"), (f"vjp {node.op.name}.{node.kernel}", "body"),
+                (f"d{node.fwd}/d{node.wrt or '?'}", "note")]
     if kind == "accumulate":
-        return [(value, "title"), (f"Σ accumulate {data['op'].count} terms", "body")]
+        return [(value, "title"), (f"Σ accumulate {node.op.count} terms", "body")]
     if kind == "seed":
         return [(value, "title"), ("seed: dloss/dloss = 1", "body")]
     return [(value, "title")]
 
 
-def _box(graph: nx.DiGraph, value: str, outputs) -> Box:
-    kind = graph.nodes[value]["kind"]
+def _box(graph: Graph, value: str, outputs) -> Box:
+    kind = graph[value].kind
     fill, border, pen, corner = STYLE[kind]
     lines = _value_lines(graph, value)
     if value in outputs and kind in ("op", "input"):
-        lines.append(("loss" if value == graph.graph.get("loss") else "output", "note"))
+        lines.append(("loss" if value == graph.loss else "output", "note"))
         pen = 2.4
     return Box(value, kind, lines, fill, border, pen, corner)
 
 
-def _arrow(graph: nx.DiGraph, u: str, v: str, dtype: str) -> Arrow:
-    role = graph.edges[u, v].get("role", "")
-    label = f"{fmt_shape(graph.nodes[u]['shape'])} {dtype}"
-    if graph.in_degree(v) > 1 and role:
+def _arrow(graph: Graph, u: str, v: str, dtype: str) -> Arrow:
+    role = graph.dag.edges[u, v].get("role", "")
+    label = f"{fmt_shape(graph[u].shape)} {dtype}"
+    if graph.dag.in_degree(v) > 1 and role:
         label = f"{role}: {label}"
-    ku, kv = graph.nodes[u]["kind"], graph.nodes[v]["kind"]
+    ku, kv = graph[u].kind, graph[v].kind
     if kv in BACKWARD_KINDS:
         if ku in BACKWARD_KINDS:
             return Arrow(u, v, label, EDGE_BACKWARD, 1.4)
@@ -202,17 +203,17 @@ def _arrow(graph: nx.DiGraph, u: str, v: str, dtype: str) -> Arrow:
     return Arrow(u, v, label, EDGE_FORWARD, 1.2)
 
 
-def subject_of(graph: nx.DiGraph, value: str) -> str | None:
+def subject_of(graph: Graph, value: str) -> str | None:
     """The forward value a backward node is the gradient (or a gradient term) of."""
-    data = graph.nodes[value]
-    if data["kind"] in ("accumulate", "seed"):
-        return data["fwd"]
-    if data["kind"] == "vjp":
-        return dict(graph.nodes[data["fwd"]]["args"]).get(data.get("role"))
+    node = graph[value]
+    if node.kind in ("accumulate", "seed"):
+        return node.fwd
+    if node.kind == "vjp":
+        return dict(graph[node.fwd].args).get(node.wrt)
     return None
 
 
-def grid_positions(graph: nx.DiGraph, ghosts: dict[str, tuple[str, str]]) -> dict[str, int]:
+def grid_positions(graph: Graph, ghosts: dict[str, tuple[str, str]]) -> dict[str, int]:
     """Position of every box on the layer axis, compressed to even numbers.
 
     Forward values are layered by longest path, sources pulled next to their first
@@ -221,7 +222,7 @@ def grid_positions(graph: nx.DiGraph, ghosts: dict[str, tuple[str, str]]) -> dic
     edge then spans at least two positions, which leaves the odd position next to its
     target free for its label.
     """
-    forward = graph.subgraph(v for v, k in graph.nodes(data="kind") if k in ("input", "param", "op"))
+    forward = graph.dag.subgraph(graph.of_kind("input", "param", "op"))
     order = list(nx.topological_sort(forward))
     layer: dict[str, int] = {}
     for v in order:
@@ -230,11 +231,11 @@ def grid_positions(graph: nx.DiGraph, ghosts: dict[str, tuple[str, str]]) -> dic
         if forward.in_degree(v) == 0 and forward.out_degree(v) > 0:
             layer[v] = min(layer[s] for s in forward.successors(v)) - 1
     grid = {v: 6 * layer[v] for v in layer}
-    for v, data in graph.nodes(data=True):
-        if data["kind"] in ("accumulate", "seed"):
-            grid[v] = 6 * layer[data["fwd"]] + 1
-        elif data["kind"] == "vjp":
-            grid[v] = 6 * layer[data["fwd"]] - 3
+    for v, node in graph.nodes.items():
+        if node.kind in ("accumulate", "seed"):
+            grid[v] = 6 * layer[node.fwd] + 1
+        elif node.kind == "vjp":
+            grid[v] = 6 * layer[node.fwd] - 3
     for ghost, (node, _role) in ghosts.items():
         grid[ghost] = 6 * layer[node] - 3
     ranks = {g: 2 * i for i, g in enumerate(sorted(set(grid.values())))}
@@ -243,9 +244,9 @@ def grid_positions(graph: nx.DiGraph, ghosts: dict[str, tuple[str, str]]) -> dic
 
 def build_picture(spec, compiled, mode: str, dtype: str, input_shape) -> Picture:
     graph = compiled.graph
-    outputs = set(graph.graph.get("outputs", ()))
+    outputs = set(graph.outputs)
     boxes = {v: _box(graph, v, outputs) for v in graph}
-    arrows = [_arrow(graph, u, v, dtype) for u, v in graph.edges]
+    arrows = [_arrow(graph, u, v, dtype) for u, v in graph.dag.edges]
     ghosts: dict[str, tuple[str, str]] = {}
     what = {"forward": "forward graph (inference)", "backward": "joint forward + backward graph (training)",
             "memory": f"memory plan ({'training' if compiled.kind == 'train' else 'inference'})"}[mode]
@@ -253,9 +254,9 @@ def build_picture(spec, compiled, mode: str, dtype: str, input_shape) -> Picture
     legend: list[tuple[str, str, str]] = []
 
     if mode == "backward":
-        for node, role in graph.graph.get("pruned", ()):
+        for node, role in graph.pruned:
             ghost = f"pruned:{node}/{role}"
-            source = dict(graph.nodes[node]["args"]).get(role, "?")
+            source = dict(graph[node].args).get(role, "?")
             fill, border, pen, corner = STYLE["pruned"]
             boxes[ghost] = Box(ghost, "pruned", [(f"d{node}/d{role} (pruned)", "title"),
                                                  (f"{source} needs no gradient", "note")],
@@ -715,7 +716,7 @@ def render_timeline(pic: Picture, compiled, fmt: str, width_pt: float, dpi: floa
             label=f"planned: live bytes (peak {fmt_bytes(max(live))})")
     ax.axhline(plan.planned_bytes / mib, color="#b91c1c", ls="--", lw=1.2,
                label=f"planned: {len(plan.buffers)} buffers allocated, {fmt_bytes(plan.planned_bytes)}")
-    kinds = [compiled.graph.nodes[v]["kind"] for v in order]
+    kinds = [compiled.graph[v].kind for v in order]
     if "seed" in kinds:
         start = kinds.index("seed")
         ax.axvspan(start - 0.5, len(order) - 0.5, color="#ffedd5", alpha=0.6, lw=0, zorder=0)
@@ -867,7 +868,7 @@ def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | 
                          "(apt-get install graphviz); or use --layout python")
     spec, compiled, dtype = compile_spec(spec_path, mode, shape, float64, rewrite)
     first = spec.inputs[0].name
-    input_shape = compiled.graph.nodes[first]["shape"]
+    input_shape = compiled.graph[first].shape
     pic = build_picture(spec, compiled, mode, dtype, input_shape)
 
     if fmt == "dot":

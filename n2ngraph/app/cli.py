@@ -439,10 +439,10 @@ def do_summary(args) -> int:
           f"on {prog.device}")
     for node in spec.nodes:
         if node.name in graph:
-            print(f"  {node.name:<12} {node.op.describe():<70} -> {graph.nodes[node.name]['shape']}")
-    kinds = [graph.nodes[v]["kind"] for v in compiled.schedule.order]
+            print(f"  {node.name:<12} {node.op.describe():<70} -> {graph[node.name].shape}")
+    kinds = [graph[v].kind for v in compiled.schedule.order]
     print(f"schedule: {kinds.count('op')} forward kernels, {len(kinds) - kinds.count('op')} backward "
-          f"({len(graph.graph.get('pruned', ()))} gradients pruned)")
+          f"({len(graph.pruned)} gradients pruned)")
     print(f"memory: {compiled.plan.report()}")
     if not spec.loss or args.steps <= 0:
         return 0
@@ -469,9 +469,9 @@ def print_profile(compiled, prog, inputs, repeats: int) -> None:
     seconds = compiled.executable.profile(dict(zip(prog.spec.input_names, inputs)), repeats)
     rows: dict[str, list[float]] = {}
     for value, t in seconds.items():
-        data = graph.nodes[value]
-        owner = data["fwd"] if data["kind"] in ("op", "vjp") else f"({data['kind']} {data['fwd']})"
-        rows.setdefault(owner, [0.0, 0.0])[0 if data["kind"] == "op" else 1] += t
+        node = graph[value]
+        owner = node.fwd if node.kind in ("op", "vjp") else f"({node.kind} {node.fwd})"
+        rows.setdefault(owner, [0.0, 0.0])[0 if node.kind == "op" else 1] += t
     optimizer = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -482,7 +482,7 @@ def print_profile(compiled, prog, inputs, repeats: int) -> None:
     print(f"\nprofile: median of {repeats} steps, kernel by kernel ({total * 1e3:.2f} ms in all)")
     print(f"  {'node':<24} {'op':<18} {'forward':>10} {'backward':>10} {'share':>7}")
     for owner, (fwd, bwd) in sorted(rows.items(), key=lambda kv: -sum(kv[1])):
-        op = graph.nodes[owner]["op"].name if owner in graph else ""
+        op = graph[owner].op.name if owner in graph else ""
         print(f"  {owner:<24} {op:<18} {fwd * 1e3:8.3f}ms {bwd * 1e3:8.3f}ms "
               f"{(fwd + bwd) / total:7.1%}")
 

@@ -9,16 +9,16 @@ Reverse mode over the graph, written out as more graph instead of run on a tape:
 - a value read by several ops receives several contributions, which an explicit
   ``accumulate`` node sums into ``grad:<value>``;
 - VJPs towards values no parameter influences (the input image, the target) are never
-  built; they are listed in ``graph.graph['pruned']`` so pictures can show them.
+  built; they are listed in ``Graph.pruned`` so pictures can show them.
 
 A module-style backward (``compat``: ``backward(grad_output)`` returning the gradient
 w.r.t. the module's input) needs two more things, both options: ``seed_input`` makes
 ``grad:<loss>`` a graph *input* (the caller's output gradient, any shape) instead of a
 constant 1, and ``wrt_inputs`` names graph inputs whose gradients are built rather than
-pruned (listed in ``graph.graph['input_grads']``).
+pruned (listed in ``Graph.input_grads``).
 
 The result keeps every forward value and adds ``grad:*`` values with the same
-attributes as forward ones (see ``graph.py``), so the scheduler, memory planner and
+fields as forward ones (``graph.Node``), so the scheduler, memory planner and
 executor treat forward and backward alike.
 """
 
@@ -28,72 +28,79 @@ import networkx as nx
 
 from ..errors import SpecError
 from ..ops import Accumulate, Seed
+from .graph import Graph, Node
 
 
 def grad_name(value: str) -> str:
     return f"grad:{value}"
 
 
-def joint_graph(forward: nx.DiGraph, loss: str, *, seed_input: bool = False,
-                wrt_inputs: tuple[str, ...] = ()) -> nx.DiGraph:
+def joint_graph(forward: Graph, loss: str, *, seed_input: bool = False,
+                wrt_inputs: tuple[str, ...] = ()) -> Graph:
     """Forward graph plus the backward program computing d loss / d every parameter
     (and d loss / d each of ``wrt_inputs``), seeded with 1 or, with ``seed_input``,
     with a gradient given as the graph input ``grad:<loss>``."""
-    params = [v for v, kind in forward.nodes(data="kind") if kind == "param"]
+    params = forward.of_kind("param")
     for name in wrt_inputs:
-        if forward.nodes.get(name, {}).get("kind") != "input":
+        if name not in forward or forward[name].kind != "input":
             raise ValueError(f"'{name}' is not an input of the graph")
-    sources = [*params, *wrt_inputs]
-    influenced = set(sources).union(*(nx.descendants(forward, s) for s in sources))
-    needs_grad = influenced & (nx.ancestors(forward, loss) | {loss})
+    needs_grad = _between(forward.dag, [*params, *wrt_inputs], loss)
+    readers = _readers(forward, needs_grad)
 
-    readers: dict[str, list[tuple[str, str]]] = {v: [] for v in forward}
-    for node in forward:
-        if node in needs_grad and forward.nodes[node]["kind"] == "op":
-            for role, source in forward.nodes[node]["args"]:
-                if source in needs_grad:
-                    readers[source].append((node, role))
-
-    graph = nx.DiGraph(forward)
-    graph.graph.update(loss=loss, pruned=(), grads={}, input_grads={})
-    if seed_input:
-        graph.add_node(grad_name(loss), kind="input", shape=forward.nodes[loss]["shape"])
-    else:
-        graph.add_node(grad_name(loss), kind="seed", shape=forward.nodes[loss]["shape"],
-                       op=Seed(shape=forward.nodes[loss]["shape"]), kernel="forward", args=(),
-                       inplace=None, fwd=loss)
+    nodes = dict(forward.nodes)
+    loss_shape = forward[loss].shape
+    nodes[grad_name(loss)] = (Node("input", loss_shape) if seed_input else
+                              Node("seed", loss_shape, op=Seed(shape=loss_shape), fwd=loss))
     pruned = []
-    for node in reversed(list(nx.topological_sort(forward))):
-        data = forward.nodes[node]
-        if data["kind"] != "op" or node not in needs_grad:
+    for value in reversed(list(nx.topological_sort(forward.dag))):
+        node = forward[value]
+        if node.kind != "op" or value not in needs_grad:
             continue
-        _accumulate(graph, node, readers[node])
-        args = dict(data["args"])
-        for role, source in data["args"]:
+        _accumulate(nodes, value, readers[value])
+        for role, source in node.args:
             if source not in needs_grad:
-                pruned.append((node, role))
+                pruned.append((value, role))
                 continue
-            rule = data["op"].vjps.get(role)
-            if rule is None:
-                raise SpecError(f"op {data['op'].name} has no gradient rule for its input "
-                                f"'{role}'", node=node, line=data.get("line"))
-            known = {**args, "out": node, "gout": grad_name(node)}
-            needs = tuple((need, known[need]) for need in rule.needs)
-            name = _contribution_name(source, node, role, readers[source])
-            graph.add_node(name, kind="vjp", shape=forward.nodes[source]["shape"], op=data["op"],
-                           kernel=rule.kernel, args=needs,
-                           inplace=known[rule.inplace] if rule.inplace else None,
-                           fwd=node, role=role)
-            graph.add_edges_from((value, name, {"role": need}) for need, value in needs)
-    for source in sources:
+            name = _contribution_name(source, value, role, readers[source])
+            nodes[name] = _vjp_node(value, node, role, forward[source].shape)
+    grads, input_grads = {}, {}
+    for source in [*params, *wrt_inputs]:
         if readers[source]:
-            _accumulate(graph, source, readers[source])
-            found = graph.graph["grads" if source in params else "input_grads"]
-            found[source] = grad_name(source)
-    graph.graph["pruned"] = tuple(pruned)
-    graph.graph["outputs"] = (loss, *graph.graph["grads"].values(),
-                              *graph.graph["input_grads"].values())
-    return nx.freeze(graph)
+            _accumulate(nodes, source, readers[source])
+            (grads if source in params else input_grads)[source] = grad_name(source)
+    return forward.replace(nodes=nodes, loss=loss, pruned=tuple(pruned), grads=grads,
+                           input_grads=input_grads,
+                           outputs=(loss, *grads.values(), *input_grads.values()))
+
+
+def _between(dag: nx.DiGraph, sources: list[str], loss: str) -> set[str]:
+    """Values that some source influences and that influence the loss: those whose
+    gradient is needed."""
+    influenced = set(sources).union(*(nx.descendants(dag, s) for s in sources))
+    return influenced & (nx.ancestors(dag, loss) | {loss})
+
+
+def _readers(forward: Graph, needs_grad: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """For each value, the (op, role) pairs that read it on a path to the loss."""
+    readers: dict[str, list[tuple[str, str]]] = {v: [] for v in forward}
+    for value, node in forward.nodes.items():
+        if value in needs_grad and node.kind == "op":
+            for role, source in node.args:
+                if source in needs_grad:
+                    readers[source].append((value, role))
+    return readers
+
+
+def _vjp_node(value: str, node: Node, role: str, shape) -> Node:
+    """The node computing d loss / d (argument ``role`` of ``value``) by the op's rule."""
+    rule = node.op.vjps.get(role)
+    if rule is None:
+        raise SpecError(f"op {node.op.name} has no gradient rule for its input '{role}'",
+                        node=value, line=node.line)
+    known = {**dict(node.args), "out": value, "gout": grad_name(value)}
+    return Node("vjp", shape, op=node.op, kernel=rule.kernel,
+                args=tuple((need, known[need]) for need in rule.needs),
+                inplace=known[rule.inplace] if rule.inplace else None, fwd=value, wrt=role)
 
 
 def _contribution_name(source: str, reader: str, role: str, readers: list) -> str:
@@ -101,12 +108,10 @@ def _contribution_name(source: str, reader: str, role: str, readers: list) -> st
     return grad_name(source) if len(readers) == 1 else f"{grad_name(source)}@{reader}.{role}"
 
 
-def _accumulate(graph: nx.DiGraph, value: str, readers: list[tuple[str, str]]) -> None:
+def _accumulate(nodes: dict[str, Node], value: str, readers: list[tuple[str, str]]) -> None:
     if len(readers) < 2:
         return
     terms = [_contribution_name(value, reader, role, readers) for reader, role in readers]
     op = Accumulate(count=len(terms))
-    args = tuple(zip(op.inputs, terms))
-    graph.add_node(grad_name(value), kind="accumulate", shape=graph.nodes[value]["shape"], op=op,
-                   kernel="forward", args=args, inplace=terms[0], fwd=value)
-    graph.add_edges_from((term, grad_name(value), {"role": role}) for role, term in args)
+    nodes[grad_name(value)] = Node("accumulate", nodes[value].shape, op=op,
+                                   args=tuple(zip(op.inputs, terms)), inplace=terms[0], fwd=value)

@@ -2,7 +2,7 @@
 
 Liveness: a value lives from the step that writes it (inputs: before step 0) to the
 step of its last reader; a kernel's workspace lives during its own step only, unless a
-VJP kernel of the same node reads it (``Op.shares``): then until that kernel. Buffers
+VJP kernel of the same node reads it (``Kernel.shares``): then until that kernel. Buffers
 are handed out greedily in schedule order, best fit first, and a buffer returns to the
 pool after the last reader of its value has run, so a later value can reuse it.
 In place: when an op allows it (``inplace``) and the value it may overwrite dies at
@@ -19,8 +19,8 @@ import math
 from typing import Iterable
 
 import attrs
-import networkx as nx
 
+from .graph import Graph
 from .schedule import Schedule
 
 
@@ -55,14 +55,13 @@ class MemoryPlan:
                 f"{len(self.inplace)} in place)")
 
 
-def kernel_shapes(graph: nx.DiGraph, value: str) -> dict[str, tuple[int, ...]]:
-    """The shapes an op's ``workspace`` rule sees: its forward node's inputs and out."""
-    data = graph.nodes[value]
-    fwd = graph.nodes[data["fwd"]]
-    if fwd.get("kind") != "op":
+def kernel_shapes(graph: Graph, value: str) -> dict[str, tuple[int, ...]]:
+    """The shapes a kernel's ``workspace`` rule sees: its forward node's inputs and out."""
+    fwd = graph[graph[value].fwd]
+    if fwd.kind != "op":
         return {}
-    shapes = {role: graph.nodes[source]["shape"] for role, source in fwd["args"]}
-    shapes["out"] = fwd["shape"]
+    shapes = {role: graph[source].shape for role, source in fwd.args}
+    shapes["out"] = fwd.shape
     return shapes
 
 
@@ -90,85 +89,96 @@ class _Pool:
         self.free.add(buffer)
 
 
-def plan_memory(graph: nx.DiGraph, sched: Schedule, *, external: Iterable[str] = (),
+class _Planner:
+    """The state of one planning walk: which buffer holds what, until when."""
+
+    def __init__(self, sched: Schedule, pinned: set[str]):
+        self.sched, self.pinned = sched, pinned
+        self.pool = _Pool()
+        self.slots: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.intervals: dict[str, tuple[int, int]] = {}
+        self.holder: dict[int, str] = {}  # buffer -> value currently owning it
+        self.inplace: list[tuple[str, str]] = []
+
+    def place(self, key: str, shape, step: int, last: int) -> None:
+        self.shapes[key] = tuple(shape)
+        self.slots[key] = self.pool.take(max(math.prod(shape), 1))
+        self.holder[self.slots[key]] = key
+        self.intervals[key] = (step, last)
+
+    def release(self, key: str) -> None:
+        slot = self.slots.get(key)
+        if slot is not None and self.holder.get(slot) == key and key not in self.pinned:
+            del self.holder[slot]
+            self.pool.give_back(slot)
+
+    def lifetime(self, value: str, step: int) -> float:
+        return math.inf if value in self.pinned else max(self.sched.last_use[value], step)
+
+    def take_over(self, value: str, victim: str | None, shape, victim_shape, step: int) -> bool:
+        """Puts ``value`` in ``victim``'s buffer if the victim dies at this very step
+        and is the same size; whether it did."""
+        if not (victim in self.slots and victim not in self.pinned
+                and self.sched.last_use[victim] == step
+                and self.holder.get(self.slots[victim]) == victim
+                and math.prod(victim_shape) == math.prod(shape)):
+            return False
+        self.shapes[value] = tuple(shape)
+        self.slots[value] = self.slots[victim]
+        self.holder[self.slots[value]] = value
+        self.intervals[value] = (step, self.lifetime(value, step))
+        self.inplace.append((value, victim))
+        return True
+
+
+def plan_memory(graph: Graph, sched: Schedule, *, external: Iterable[str] = (),
                 pinned: Iterable[str] = (), itemsize: int = 4) -> MemoryPlan:
-    external, pinned = set(external), set(pinned)
-    pool = _Pool()
-    slots: dict[str, int] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    intervals: dict[str, tuple[int, int]] = {}
-    holder: dict[int, str] = {}  # buffer -> value currently owning it
+    external = set(external)
+    plan = _Planner(sched, set(pinned))
     workspaces: dict[str, dict[str, str]] = {}
-    inplace: list[tuple[str, str]] = []
-
-    def place(key: str, shape, step: int, last: int) -> None:
-        shapes[key] = tuple(shape)
-        slots[key] = pool.take(max(math.prod(shape), 1))
-        holder[slots[key]] = key
-        intervals[key] = (step, last)
-
-    def release(key: str) -> None:
-        if key in slots and holder.get(slots[key]) == key and key not in pinned:
-            del holder[slots[key]]
-            pool.give_back(slots[key])
-
-    def lifetime(value: str, step: int) -> int:
-        return math.inf if value in pinned else max(sched.last_use[value], step)
-
     kept, shared = _shared_workspaces(graph, sched)
     expiring: dict[int, list[str]] = {}
     for key, last in kept.items():
         expiring.setdefault(last, []).append(key)
-    for value, kind in graph.nodes(data="kind"):
-        if kind == "input":
-            place(value, graph.nodes[value]["shape"], -1, lifetime(value, -1))
+    for value in graph.of_kind("input"):
+        plan.place(value, graph[value].shape, -1, plan.lifetime(value, -1))
     for step, value in enumerate(sched.order):
-        data = graph.nodes[value]
-        scratch = data["op"].workspace(data["kernel"], kernel_shapes(graph, value))
+        node = graph[value]
         workspaces[value] = dict(shared.get(value, {}))
         own = []
-        for name, shape in scratch.items():
-            key = f"{value}#{name}"
-            place(key, shape, step, kept.get(key, step))
-            workspaces[value][name] = key
-            if key not in kept:
-                own.append(key)
-        victim = data.get("inplace")
-        if value in external:
-            pass
-        elif (victim in slots and victim not in pinned and sched.last_use[victim] == step
-              and holder.get(slots[victim]) == victim
-              and math.prod(graph.nodes[victim]["shape"]) == math.prod(data["shape"])):
-            shapes[value] = tuple(data["shape"])
-            slots[value] = slots[victim]
-            holder[slots[value]] = value
-            intervals[value] = (step, lifetime(value, step))
-            inplace.append((value, victim))
-        else:
-            place(value, data["shape"], step, lifetime(value, step))
+        for name, shape in node.impl.workspace(kernel_shapes(graph, value)).items():
+            key = workspaces[value][name] = f"{value}#{name}"
+            plan.place(key, shape, step, kept.get(key, step))
+            own += [] if key in kept else [key]
+        victim = node.inplace
+        if value not in external and not plan.take_over(
+                value, victim, node.shape, graph[victim].shape if victim else (), step):
+            plan.place(value, node.shape, step, plan.lifetime(value, step))
         for key in (*own, *expiring.get(step, ()), *sched.frees[step]):
-            release(key)
+            plan.release(key)
         if sched.last_use.get(value, -1) < 0:
-            release(value)  # written but never read (and not pinned): dead at once
-    return MemoryPlan(buffers=tuple(pool.sizes), slots=slots, shapes=shapes,
-                      intervals={k: (a, int(b) if b != math.inf else len(sched.order))
-                                 for k, (a, b) in intervals.items()},
-                      workspaces=workspaces, inplace=tuple(inplace), itemsize=itemsize)
+            plan.release(value)  # written but never read (and not pinned): dead at once
+    intervals = {k: (a, int(b) if b != math.inf else len(sched.order))
+                 for k, (a, b) in plan.intervals.items()}
+    return MemoryPlan(buffers=tuple(plan.pool.sizes), slots=plan.slots, shapes=plan.shapes,
+                      intervals=intervals, workspaces=workspaces, inplace=tuple(plan.inplace),
+                      itemsize=itemsize)
 
 
-def _shared_workspaces(graph: nx.DiGraph, sched: Schedule):
+def _shared_workspaces(graph: Graph, sched: Schedule):
     """({forward workspace key: step of its last reading VJP kernel},
-    {VJP value: {workspace name: forward workspace key}}) from every ``Op.shares``."""
+    {VJP value: {workspace name: forward workspace key}}) from every ``Kernel.shares``."""
     kept: dict[str, int] = {}
     shared: dict[str, dict[str, str]] = {}
     for step, value in enumerate(sched.order):
-        data = graph.nodes[value]
-        if data["kind"] == "op":
+        node = graph[value]
+        if node.kind == "op":
             continue
-        for name, source in data["op"].shares(data["kernel"], kernel_shapes(graph, value)).items():
-            if source != "forward" or data["fwd"] not in sched.order:
+        for name, source in node.impl.shares(kernel_shapes(graph, value)).items():
+            if source != "forward" or node.fwd not in sched.order:
                 raise ValueError(f"{value}: cannot share workspace {name!r} of {source!r}")
-            key = f"{data['fwd']}#{name}"
+            key = f"{node.fwd}#{name}"
             kept[key] = max(kept.get(key, step), step)
             shared.setdefault(value, {})[name] = key
     return kept, shared

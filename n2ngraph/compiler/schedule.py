@@ -12,6 +12,8 @@ from __future__ import annotations
 import attrs
 import networkx as nx
 
+from .graph import Graph
+
 SOURCES = ("input", "param")
 
 
@@ -26,17 +28,17 @@ class Schedule:
     """Step of the last reader of each value; -1 for a value nobody reads."""
 
 
-def schedule(graph: nx.DiGraph) -> Schedule:
-    computed = [v for v, kind in graph.nodes(data="kind") if kind not in SOURCES]
-    forward_position = {v: i for i, v in enumerate(nx.topological_sort(graph))}
+def schedule(graph: Graph) -> Schedule:
+    computed = [v for v, node in graph.nodes.items() if node.kind not in SOURCES]
+    forward_position = {v: i for i, v in enumerate(nx.topological_sort(graph.dag))}
 
     def priority(value: str):
-        data = graph.nodes[value]
-        if data["kind"] == "op":
+        node = graph[value]
+        if node.kind == "op":
             return (0, forward_position[value], value)
-        return (1, -forward_position[data["fwd"]], value)
+        return (1, -forward_position[node.fwd], value)
 
-    order = tuple(nx.lexicographical_topological_sort(graph.subgraph(computed), key=priority))
+    order = tuple(nx.lexicographical_topological_sort(graph.dag.subgraph(computed), key=priority))
     step = {v: i for i, v in enumerate(order)}
     last_use = {v: max((step[r] for r in graph.successors(v)), default=-1) for v in graph}
     frees: list[list[str]] = [[] for _ in order]

@@ -1,4 +1,6 @@
-"""The op library. Each module holds whole ops: attributes, shape rule, kernels, VJPs.
+"""The op library: what each op is. Each module holds whole ops: attributes, shape
+rule, VJP rules and the op's own kernels (the ones a plan runs, or for ops that
+``kernels/`` computes in several ways, a plain reference).
 
 To add an op, write one class in one module (see ``relu`` in ``activations.py`` for the
 smallest complete example), decorate it with ``@register``, import the module here, and

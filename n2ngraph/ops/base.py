@@ -7,12 +7,17 @@ carries the rest, side by side, the way a row of PyTorch's ``derivatives.yaml`` 
 - ``inputs``: the roles of its tensor inputs, in the order a spec lists them;
 - ``params()``: learnable tensors it owns (``weight``, ``bias``) and their shapes;
 - ``infer(**shapes)``: the output shape, or a ``SpecError`` naming the bad field;
-- ``forward(out, ws, **tensors)``: writes the result into ``out``; never allocates;
+- ``forward(out, ws, **tensors)``: writes the result into ``out``;
 - ``vjps``: for each differentiable role, which values the gradient kernel reads
   (input roles, ``out`` for the forward result, ``gout`` for the output gradient) and
   the method that computes it;
 - ``workspace(kernel, shapes)``: scratch tensors a kernel needs, planned by the memory
   planner like any other value, so that a kernel never asks the allocator for memory.
+
+The forward and VJP methods are the op's own kernels. For most ops they are what a plan
+runs, and never allocate. An op that can be computed in several ways (conv2d and its
+kin) keeps here a plain reference kernel, and its fast kernels live in ``kernels/``,
+chosen per node by ``compiler/lower.py``.
 """
 
 from __future__ import annotations
@@ -77,13 +82,6 @@ class Op:
         of the forward node: its inputs by role and its result as ``out``."""
         return {}
 
-    def shares(self, kernel: str, shapes: dict[str, Shape]) -> dict[str, str]:
-        """Workspaces ``kernel`` (a VJP kernel) reads from its node's forward kernel
-        instead of having its own: {name: 'forward'}. The memory plan keeps the
-        forward's workspace of that name intact until this kernel has run, so work the
-        forward did (an im2col matrix) is not done again."""
-        return {}
-
     def describe(self) -> str:
         """One line for pictures and summaries: the op name and its attributes that
         differ from their defaults."""
@@ -144,6 +142,14 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
     return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
 
 
+def window_out_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
+                    dilation: int = 1) -> int:
+    """Positions a sliding window (conv, pool) takes along one side of ``size`` pixels,
+    zero-padded by ``padding``; the window spans ``dilation * (kernel - 1) + 1``."""
+    reach = dilation * (kernel - 1) + 1
+    return (size + 2 * padding - reach) // stride + 1
+
+
 def check_rank(shape: Shape, rank: int, what: str, field: str = "in") -> None:
     if len(shape) != rank:
         raise SpecError(f"{what} must have {rank} dimensions, got shape {tuple(shape)}", field=field)
@@ -180,5 +186,3 @@ def constant(name: str, make: Callable[[], torch.Tensor], *, device, dtype=None)
         found = _CONSTANTS[key] = make().to(device=device, dtype=dtype)
     return found
 
-
-KernelFn = Callable[..., None]

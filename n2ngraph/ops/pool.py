@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from ..errors import SpecError
-from .base import VJP, Op, Shape, attribute, check_rank, register, scalar
+from .base import VJP, Op, Shape, attribute, check_rank, register, scalar, window_out_size
 
 
 def _same_as_kernel(op) -> int:
@@ -47,13 +47,10 @@ class _Pool2d(Op):
             raise SpecError(f"must be at most half the kernel ({self.kernel // 2}), got "
                             f"{self.padding}", field="padding")
 
-    def _out_size(self, size: int) -> int:
-        return (size + 2 * self.padding - self.kernel) // self.stride + 1
-
     def infer(self, x: Shape) -> Shape:
         check_rank(x, 4, f"{self.name} input (N, C, H, W)")
         n, c, h, w = x
-        ho, wo = self._out_size(h), self._out_size(w)
+        ho, wo = (window_out_size(size, self.kernel, self.stride, self.padding) for size in (h, w))
         if ho < 1 or wo < 1:
             raise SpecError(f"kernel {self.kernel} does not fit an input of {h}x{w} padded by "
                             f"{self.padding}", field="kernel")

@@ -1,19 +1,16 @@
-"""Pass 6: memory plan -> ``Executable``, the only part of n2ngraph that mutates.
+"""Pass 7: memory plan -> ``Executable``, the only part of n2ngraph that mutates.
 
 At construction it allocates every planned buffer once (``torch.empty``), carves each
-value out of its buffer as a view, and binds every kernel to its output, workspaces
-and arguments. Running is then a loop over prepared calls: no shape logic, no dict
-look-ups, no allocation.
+value out of its buffer as a view, and has every node's kernel (``Node.impl``) prepare a
+call bound to its output, workspaces and arguments. Running is then a loop over prepared
+calls: no shape logic, no dict look-ups, no allocation.
 
 On the CPU it also decides, per kernel, whether to run it on one thread: a kernel that
 writes fewer than ``SERIAL_BELOW`` values (result and workspaces) is done before
 waking, feeding and joining more threads pays off. Consecutive kernels of the same kind
 form one segment; the thread count is set once per segment (about a microsecond) and
-restored after the run. Measured on this project's 2-core machine with 2 threads, the
-seed net's training step ran at 2,144 / 2,789 / 3,175 samples/s (batch 4 / 16 / 64)
-with every kernel threaded and 3,155 / 3,782 / 3,829 with every kernel serial, while
-the U-Net (batch 16, 64x64, kernels of 4M values and more) went from 31.4 samples/s
-all serial to 35.5 threaded.
+restored after the run (docs/performance.md, "Why the tuning constants are what they
+are", has the measurements).
 """
 
 from __future__ import annotations
@@ -23,15 +20,15 @@ import statistics
 import time
 from typing import Callable, Mapping
 
-import networkx as nx
 import torch
 
+from ..compiler.graph import Graph
 from ..compiler.memory import MemoryPlan
 from ..compiler.schedule import Schedule
 
 
 class Executable:
-    def __init__(self, graph: nx.DiGraph, sched: Schedule, plan: MemoryPlan,
+    def __init__(self, graph: Graph, sched: Schedule, plan: MemoryPlan,
                  external: Mapping[str, torch.Tensor], *, device, dtype: torch.dtype):
         self.graph, self.schedule, self.plan = graph, sched, plan
         self.buffers = [torch.empty(n, dtype=dtype, device=device) for n in plan.buffers]
@@ -40,7 +37,7 @@ class Executable:
             shape = plan.shapes[key]
             values[key] = self.buffers[buffer][: max(math.prod(shape), 1)].view(shape)
         self.values = values
-        self.inputs = tuple(v for v, kind in graph.nodes(data="kind") if kind == "input")
+        self.inputs = tuple(graph.of_kind("input"))
         self.names = sched.order
         self.steps: tuple[Callable[[], None], ...] = tuple(self._bind(v) for v in sched.order)
         serial = [torch.device(device).type == "cpu" and self._written(v) < SERIAL_BELOW
@@ -53,10 +50,10 @@ class Executable:
         return sum(math.prod(self.values[k].shape) for k in keys)
 
     def _bind(self, value: str) -> Callable[[], None]:
-        data = self.graph.nodes[value]
+        node = self.graph[value]
         scratch = {name: self.values[key] for name, key in self.plan.workspaces[value].items()}
-        args = {name: self.values[source] for name, source in data["args"]}
-        return data["op"].prepare(data["kernel"], self.values[value], scratch, **args)
+        args = {name: self.values[source] for name, source in node.args}
+        return node.impl.prepare(self.values[value], scratch, **args)
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
         self.load(inputs)

@@ -1,7 +1,7 @@
 """``compile``: runs the passes and wraps the result in a ``Program``.
 
-    spec --graph.forward_graph--> forward DAG --rewrite.rewrite, rewrite.for_device--> forward DAG
-         --autodiff.joint_graph--> joint DAG
+    spec --graph.forward_graph--> forward graph --rewrite.rewrite--> forward graph
+         --autodiff.joint_graph--> joint graph --lower.lower--> kernels chosen for the device
          --schedule.schedule--> Schedule --memory.plan_memory--> MemoryPlan
          --executor.Executable--> bound kernels over preallocated buffers
 
@@ -18,20 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Sequence
 
 import attrs
-import networkx as nx
 import torch
 
 from ..compiler.autodiff import grad_name, joint_graph
 from ..errors import SpecError
 from .executor import Executable, Replay
 from .flat import packed, packed_like, zipped
-from ..compiler.graph import forward_graph
+from ..compiler.graph import Graph, forward_graph
 from ..compiler.shapes import needed_nodes
 from .init import initial_params
 from ..compiler.memory import MemoryPlan, plan_memory
 from ..ops import scalar
 from .optim import ClipGradNorm, make_optimizer
-from ..compiler.rewrite import for_device, rewrite as rewrite_graph
+from ..compiler.lower import lower
+from ..compiler.rewrite import rewrite as rewrite_graph
 from ..compiler.schedule import Schedule, schedule
 from ..compiler.spec import OptimizerSpec, Spec
 
@@ -43,7 +43,7 @@ class Compiled:
     """Every stage of one compilation, kept for inspection (tools/visualize, tests)."""
 
     kind: str  # 'train', 'infer' or 'vjp' (a module's backward, see Program.vjp)
-    graph: nx.DiGraph
+    graph: Graph
     schedule: Schedule
     plan: MemoryPlan
     executable: Executable
@@ -143,30 +143,31 @@ class Program:
             first = spec.inputs[0].name
             graph = joint_graph(self._forward_graph(shapes, spec.output), spec.output,
                                 seed_input=True, wrt_inputs=(first,))
-            grads = graph.graph["grads"]
+            grads = graph.grads
             external = {**self.params, **{grads[p]: grads_into[p] for p in grads}}
-            pinned = [spec.output, *graph.graph["input_grads"].values()]
+            pinned = [spec.output, *graph.input_grads.values()]
         elif kind == "train":
             if spec.loss is None:
                 raise SpecError("the spec has no 'loss', so it cannot be trained",
                                 file=spec.file, field="loss")
             graph = joint_graph(self._forward_graph(shapes, spec.loss), spec.loss)
-            grads = graph.graph["grads"]
+            grads = graph.grads
             external = {**self.params, **{grads[p]: grads_into[p] for p in grads}}
             pinned = [spec.loss]
         else:
             graph = self._forward_graph(shapes, spec.output)
             external = dict(self.params)
             pinned = [spec.output]
+        graph = lower(graph, self.device)
         sched = schedule(graph)
         plan = plan_memory(graph, sched, external=external, pinned=pinned,
                            itemsize=torch.empty((), dtype=self.dtype).element_size())
         executable = Executable(graph, sched, plan, external, device=self.device, dtype=self.dtype)
         return Compiled(kind, graph, sched, plan, executable)
 
-    def _forward_graph(self, shapes: Mapping[str, Shape], output: str) -> nx.DiGraph:
+    def _forward_graph(self, shapes: Mapping[str, Shape], output: str) -> Graph:
         graph = forward_graph(self.spec, shapes, [output])
-        return for_device(rewrite_graph(graph) if self.rewrite else graph, self.device)
+        return rewrite_graph(graph) if self.rewrite else graph
 
     # ---- running ---------------------------------------------------------------
     def _bind_inputs(self, tensors: Sequence[torch.Tensor], names: Sequence[str]) -> dict:
@@ -335,13 +336,13 @@ class Program:
         first = self.spec.inputs[0].name
         shapes = {k: v for k, v in self.input_shapes(inputs[0].shape).items() if k in needed}
         compiled = self.compiled("vjp", shapes)
-        out_shape = compiled.graph.nodes[self.spec.output]["shape"]
+        out_shape = compiled.graph[self.spec.output].shape
         if tuple(grad_output.shape) != tuple(out_shape):
             raise ValueError(f"the output gradient has shape {tuple(grad_output.shape)}, "
                              f"the output has shape {tuple(out_shape)}")
         executable = compiled.executable
         executable.run({**bound, grad_name(self.spec.output): grad_output})
-        found = compiled.graph.graph["input_grads"].get(first)
+        found = compiled.graph.input_grads.get(first)
         return None if found is None else executable.values[found].clone()
 
     # ---- parameters ------------------------------------------------------------
