@@ -269,3 +269,44 @@ def test_command_line(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "visualize"), "nope.yaml", "-o", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_package_picture_renders_every_module_and_import(tmp_path):
+    """tools/visualize --package: PNG and SVG render; the DOT text holds every module in
+    its layer's cluster and every import as an edge, importer to imported."""
+    import package_imports as pkg
+
+    for fmt in ("png", "svg"):
+        out = tmp_path / f"package.{fmt}"
+        assert viz.main(["--package", "-o", str(out), "--layout", "python"]) == 0
+        _check_picture(out, fmt)
+    out = tmp_path / "package.dot"
+    assert viz.main(["--package", "-o", str(out)]) == 0
+    text = out.read_text()
+    found = pkg.imports()
+    assert set(pkg.modules()) <= {_unquote(n) for n in NODE.findall(text)}
+    assert {(i.importer, i.imported) for i in found} <= set(_dot_edges(text))
+    for layer in {pkg.layer_of(m) for m in pkg.modules()}:
+        assert f'subgraph "cluster_{layer}"' in text
+
+
+def test_package_picture_marks_an_upward_import():
+    import package_imports as pkg
+    import package_picture
+
+    bad = pkg.Import("n2ngraph.compiler.schedule", "n2ngraph.runtime.program",
+                     "n2ngraph/compiler/schedule.py", 1, "from ..runtime import program")
+    pic, _ = package_picture.build_picture(pkg.imports() + [bad])
+    colour = {(a.src, a.dst): a.color for a in pic.arrows}
+    assert colour[bad.importer, bad.imported] == package_picture.UPWARD
+    assert list(colour.values()).count(package_picture.UPWARD) == 1
+    # layers stacked top down: the facade above the application, errors at the bottom
+    assert pic.grid["n2ngraph"] < pic.grid["n2ngraph.app.cli"] < pic.grid["n2ngraph.runtime.program"] \
+        < pic.grid["n2ngraph.compiler.schedule"] < pic.grid["n2ngraph.ops.base"] < pic.grid["n2ngraph.errors"]
+
+
+def test_package_mode_takes_no_spec(capsys):
+    code, err = _run(["--package", str(SPECS[0]), "-o", "x.png"], capsys)
+    assert code == 2 and "--package" in err and err.count("\n") == 1
+    code, err = _run(["-o", "x.png"], capsys)
+    assert code == 2 and "SPEC" in err and err.count("\n") == 1

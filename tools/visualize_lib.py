@@ -3,8 +3,10 @@
     tools/visualize SPEC -o OUT.png|OUT.svg|OUT.dot [--backward | --memory]
                     [--layout dot|python] [--direction TB|LR] [--shape N,C,H,W] [--float64]
                     [--no-rewrite]
+    tools/visualize --package -o OUT.png|OUT.svg|OUT.dot [--layout dot|python]
 
-Three views of what ``n2ngraph.compile`` builds:
+``--package`` draws the package itself, its modules and imports layer by layer
+(``package_picture.py``). Three views of what ``n2ngraph.compile`` builds:
 
 - forward (default): the inference graph, one box per value with its op and
   attributes; inputs and parameters have their own styles; every edge carries the
@@ -811,6 +813,7 @@ examples:
   tools/visualize specs/noise2noise.yaml --backward -o joint.svg
   tools/visualize specs/skipnet.yaml --memory -o memory.png --layout python
   tools/visualize specs/skipnet.yaml --backward -o joint.dot      (DOT text, no Graphviz needed)
+  tools/visualize --package -o docs/package.png                  (the package's modules and imports)
 
 --layout defaults to Graphviz (dot) where `dot` is on PATH, else the pure-Python layout.
 """
@@ -823,7 +826,7 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Draw the compiled graph of an n2ngraph spec.")
-    p.add_argument("spec", help="network spec (YAML)")
+    p.add_argument("spec", nargs="?", help="network spec (YAML); none with --package")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="picture to write: .png, .svg or .dot (the suffix picks the format)")
     view = p.add_mutually_exclusive_group()
@@ -831,6 +834,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="the joint forward+backward graph: VJPs, accumulate (Σ) nodes, pruned VJPs")
     view.add_argument("--memory", action="store_true",
                       help="the memory plan: a colour per buffer, and live bytes per step vs no reuse")
+    view.add_argument("--package", action="store_true",
+                      help="no spec: n2ngraph's modules and their imports, layer by layer "
+                           "(--layout only; the other options are for a spec)")
     p.add_argument("--layout", choices=("dot", "python"), default=None,
                    help="Graphviz or the pure-Python layout (default: dot if installed)")
     p.add_argument("--direction", choices=("TB", "LR"), default="TB",
@@ -855,10 +861,9 @@ def _parse_shape(text: str | None):
     return dims
 
 
-def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | None = None,
-           direction: str = "TB", shape=None, float64: bool = False, rewrite: bool = True) -> Path:
-    out = Path(output)
-    fmt = out.suffix.lower().lstrip(".")
+def _format_and_layout(output: str, layout: str | None) -> tuple[str, str]:
+    """The format -o's suffix picks, and the layout to use (dot where installed)."""
+    fmt = Path(output).suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UsageError(f"-o {output}: the suffix picks the format; use .png, .svg or .dot")
     if layout is None:
@@ -866,6 +871,26 @@ def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | 
     if layout == "dot" and fmt != "dot" and not dot_binary():
         raise UsageError("--layout dot needs Graphviz's `dot` on PATH "
                          "(apt-get install graphviz); or use --layout python")
+    return fmt, layout
+
+
+def render_package(output: str, *, layout: str | None = None) -> Path:
+    """``--package``: the package's modules and imports (package_picture.py)."""
+    import package_picture  # imports this module: loaded only when asked for
+
+    fmt, layout = _format_and_layout(output, layout)
+    data = package_picture.render(fmt, layout)
+    if fmt == "png":
+        data = small_png(data)
+    out = Path(output)
+    write_atomic(out, lambda temp: Path(temp).write_bytes(data))
+    return out
+
+
+def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | None = None,
+           direction: str = "TB", shape=None, float64: bool = False, rewrite: bool = True) -> Path:
+    out = Path(output)
+    fmt, layout = _format_and_layout(output, layout)
     spec, compiled, dtype = compile_spec(spec_path, mode, shape, float64, rewrite)
     first = spec.inputs[0].name
     input_shape = compiled.graph[first].shape
@@ -893,6 +918,13 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     mode = "backward" if args.backward else "memory" if args.memory else "forward"
     try:
+        if args.package:
+            if args.spec:
+                raise UsageError(f"--package draws the package, not a spec: drop {args.spec}")
+            render_package(args.output, layout=args.layout)
+            return 0
+        if not args.spec:
+            raise UsageError("which spec? give SPEC (or --package for the package itself)")
         render(args.spec, args.output, mode=mode, layout=args.layout, direction=args.direction,
                shape=_parse_shape(args.shape), float64=args.float64, rewrite=not args.no_rewrite)
     except (ng.SpecError, UsageError) as e:
