@@ -1,5 +1,5 @@
 """--eval and --denoise without --weights use the weights shipped for the spec
-(``n2ngraph.pretrained.weights_path``); a spec with none is one clear line of error.
+(``n2ngraph.app.pretrained.weights_path``); a spec with none is one clear line of error.
 
 The shipped file is stood in for by a checkpoint of a tiny U-Net run made here, so the
 tests depend neither on the lead's weights nor on their quality."""

@@ -1,4 +1,4 @@
-"""Parameters, gradients and optimizer state packed into flat buffers (n2ngraph/flat.py):
+"""Parameters, gradients and optimizer state packed into flat buffers (n2ngraph/runtime/flat.py):
 what counts as packed, and that a Program's update is a handful of ops however many
 parameters the network has."""
 
