@@ -164,3 +164,47 @@ def test_train_step_checks_its_inputs():
         prog.train_step(torch.rand(SHAPE))
     with pytest.raises(ValueError, match="input 'target' has shape"):
         prog.train_step(torch.rand(SHAPE), torch.rand(2, 3, 8, 8))
+
+
+TRANSPOSED = """
+name: transposed
+inputs: {noisy: {channels: 3}, target: {channels: 3}}
+nodes:
+  down: {op: conv2d, in: noisy, in_channels: 3, out_channels: 8, kernel: 3, stride: 2, padding: 1}
+  act:  {op: relu, in: down}
+  up:   {op: conv_transpose2d, in: act, in_channels: 8, out_channels: 3, kernel: 3, stride: 2,
+         padding: 1, output_padding: 1}
+  loss: {op: mse, in: [up, target]}
+output: up
+loss: loss
+"""
+
+
+def _kernel_classes():
+    from n2ngraph.kernels.base import Kernel
+
+    found, todo = set(), [Kernel]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo.extend(cls.__subclasses__())
+    return found | set(ng.ops.OPS.values()) | {ng.ops.Op}
+
+
+def test_running_a_plan_prepares_no_kernel_again(monkeypatch):
+    """Every kernel (a conv's mirror inside a transposed conv's too) is prepared once, when
+    the executor binds the plan; a run only makes the prepared calls."""
+    spec = ng.parse_spec(TRANSPOSED)
+    prog = ng.compile(spec, (2, 3, 8, 8), dtype=torch.float64)
+    x, t = torch.rand(2, 3, 8, 8, dtype=torch.float64), torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    prog.forward(x)  # the inference plan, bound before prepare is forbidden
+
+    def prepare_again(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__}.prepare called while running")
+
+    for cls in _kernel_classes():
+        if "prepare" in vars(cls):
+            monkeypatch.setattr(cls, "prepare", prepare_again)
+    for _ in range(2):
+        prog.train_step(x, t)
+        prog.forward(x)
