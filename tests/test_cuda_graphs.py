@@ -44,12 +44,14 @@ def test_update_from_device_scalars_matches_the_float_update(case, dtype):
     for step in range(12):
         for g in grads.values():
             g.copy_(torch.randn(g.shape, generator=gen, dtype=dtype))
-        floats.lr = tensors.lr = OPTIMIZERS[case].lr * (1 - step / 24)
+        for optimizer in (floats, tensors):
+            optimizer.set_lr(OPTIMIZERS[case].lr * (1 - step / 24))
         floats.step()
-        tensors.load_device_scalars()
-        assert [s.item() for s in scalars] == pytest.approx(tensors.scalars(), rel=1e-6)
-        tensors.update(*scalars)
-        tensors.steps += 1
+
+        def replay():  # what the recorded graph does: the update, reading the device tensors
+            assert [s.item() for s in scalars] == pytest.approx(tensors.scalars(), rel=1e-6)
+            tensors.recorded_update()
+        tensors.step_replayed(replay)
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     for k in params:
         assert relative(twins[k], params[k]) < tol, k
@@ -102,7 +104,8 @@ def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch)
     gen = torch.Generator().manual_seed(0)
     for step in range(5):
         x, t = (torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(2))
-        launched.optimizer.lr = replayed.optimizer.lr = 2e-3 / (1 + step)
+        for prog in (launched, replayed):
+            prog.optimizer.set_lr(2e-3 / (1 + step))
         assert replayed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-12)
     photo = torch.rand(1, 3, 20, 28, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(replayed.forward(photo), launched.forward(photo), rtol=1e-12, atol=1e-12)
@@ -160,7 +163,8 @@ def test_replayed_training_steps_match_launched_ones(spec_name, options):
     gen = torch.Generator().manual_seed(0)
     for step in range(8):
         x, t = (torch.rand(shape, generator=gen, dtype=torch.float64).cuda() for _ in range(2))
-        graphed.optimizer.lr = launched.optimizer.lr = graphed.optimizer.config.lr / (1 + step)
+        for prog in (graphed, launched):
+            prog.optimizer.set_lr(prog.optimizer.config.lr / (1 + step))
         assert graphed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-10), step
     replays = list(graphed._replays.values())
     assert len(replays) == 1 and replays[0].graph is not None  # recorded, and replayed 5 times

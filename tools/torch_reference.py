@@ -141,12 +141,17 @@ def torch_optimizer(params, config: OptimizerSpec) -> torch.optim.Optimizer:
 
 
 class _TorchOptimizer:
-    """n2ngraph's optimizer interface (steps, lr, state dicts) over torch.optim."""
+    """n2ngraph's optimizer interface (step, set_lr, lr, steps, state dicts) over
+    torch.optim."""
 
     def __init__(self, net: TorchNet, config: OptimizerSpec):
         self.net = net
         self.torch = torch_optimizer(net.parameters(), config)
         self.steps = 0
+
+    def step(self) -> None:
+        self.torch.step()
+        self.steps += 1
 
     @property
     def lr(self) -> float:
@@ -154,6 +159,9 @@ class _TorchOptimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        self.set_lr(value)
+
+    def set_lr(self, value: float) -> None:
         for group in self.torch.param_groups:
             group["lr"] = value
 
@@ -195,8 +203,7 @@ class TorchModel:
         loss.backward()
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
-        self.optimizer.torch.step()
-        self.optimizer.steps += 1
+        self.optimizer.step()
         return loss.item()
 
     @torch.no_grad()

@@ -335,9 +335,9 @@ class Run:
                 for batch_a, batch_b in stream:
                     x = to_float(batch_a, c.device, self.dtype)
                     t = to_float(batch_b, c.device, self.dtype)
-                    self.model.optimizer.lr = learning_rate(
+                    self.model.optimizer.set_lr(learning_rate(
                         schedule, c.lr, self.epoch * per_epoch + self.step, per_epoch,
-                        c.epochs * per_epoch)
+                        c.epochs * per_epoch))
                     loss = self.model.train_step(x, t)
                     self.step += 1
                     total, count = self.running

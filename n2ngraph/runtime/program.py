@@ -206,7 +206,7 @@ class Program:
             executable.run_kernels()
             if clip is not None:
                 clip()
-            optimizer.update(*optimizer.device_scalars())
+            optimizer.recorded_update()
         return body
 
     def _run_training_graph(self, inputs: Sequence[torch.Tensor]) -> float:
@@ -292,12 +292,8 @@ class Program:
         executable = self.compiled("train", shapes).executable
         replay, optimizer = self._replay("train", shapes, executable), self.optimizer
         executable.load(bound)
-        optimizer.load_device_scalars()
-        if optimizer.steps == 0:  # SGD's first step takes a branch of its own: not recorded
-            replay.body()
-        else:
-            replay()
-        optimizer.steps += 1
+        # SGD's first step takes a branch of its own: run, not recorded
+        optimizer.step_replayed(replay.body if optimizer.steps == 0 else replay)
         return executable.values[self.spec.loss].item()
 
     def loss(self, *inputs: torch.Tensor) -> float:
