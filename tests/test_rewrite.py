@@ -124,7 +124,7 @@ def test_untiled_gpu_schedules_train_like_the_cpu_ones(name, shape, monkeypatch,
     config = ng.compiler.spec.OptimizerSpec(lr=0.01, momentum=0.9)
     tiled = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     lowered = lambda graph, device: rewrite.for_device(graph, torch.device("cuda"))  # noqa: E731
-    monkeypatch.setattr(ng.runtime.program, "for_device", lowered)
+    monkeypatch.setattr(ng.runtime.plans, "for_device", lowered)
     whole = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     convs = [d["op"] for _, d in whole.compiled("train", whole.input_shapes(shape)).graph.nodes(data=True)
              if d.get("op") is not None and "conv" in d["op"].name]
