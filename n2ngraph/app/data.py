@@ -354,11 +354,7 @@ def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
     after everything else, so the pairs without it are unchanged."""
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     clean = random_crops(photos, count, crop, generator)
-    a, b = torch.empty_like(clean), torch.empty_like(clean)
-    for start in range(0, count, _CHUNK):
-        part = slice(start, start + _CHUNK)
-        a[part] = noise.apply(clean[part], generator)
-        b[part] = noise.apply(clean[part], generator)
+    a, b = _noisy_views(clean, noise, generator, views=2)
     if augment:
         return augment_pairs(a, b, generator)
     return a, b
@@ -404,11 +400,21 @@ def validation_set(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     generator = torch.Generator().manual_seed(seed)
     clean = random_crops(photos, count, crop, generator)
-    noisy = torch.empty_like(clean)
-    for start in range(0, count, _CHUNK):
-        part = slice(start, start + _CHUNK)
-        noisy[part] = noise.apply(clean[part], generator)
+    noisy = _noisy_views(clean, noise, generator, views=1)[0]
     return noisy, clean
+
+
+def _noisy_views(clean: Tensor, noise: Noise, generator: torch.Generator,
+                 views: int) -> list[Tensor]:
+    """``views`` independent noisy copies of the crops ``clean``, noised ``_CHUNK`` crops
+    at a time, every view of a chunk before the next chunk: that order of draws from
+    ``generator`` is what a seed has always given."""
+    noisy = [torch.empty_like(clean) for _ in range(views)]
+    for start in range(0, len(clean), _CHUNK):
+        part = slice(start, start + _CHUNK)
+        for view in noisy:
+            view[part] = noise.apply(clean[part], generator)
+    return noisy
 
 
 def batches(a: Tensor, b: Tensor, batch: int,
