@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..compiler.parse import load_spec, parse_spec
-from ..compiler.spec import OPTIMIZERS, SCHEDULES, OptimizerSpec, Spec
+from ..compiler.spec import OPTIMIZERS, SCHEDULES, Spec
 from ..errors import SpecError
 from ..runtime.program import compile
 from . import pretrained
