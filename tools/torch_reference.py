@@ -222,7 +222,8 @@ def main(argv=None) -> int:
     import argparse
 
     import n2ngraph as ng
-    from n2ngraph.app.train import Run, TrainConfig, prepare_data
+    from n2ngraph.app.config import TrainConfig
+    from n2ngraph.app.train import Run, prepare_data
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("spec")
@@ -239,10 +240,11 @@ def main(argv=None) -> int:
     spec = ng.load_spec(args.spec)
     config = TrainConfig.from_spec(spec, epochs=args.epochs, batch=args.batch, pairs=args.pairs,
                                    seed=args.seed, lr=args.lr, noise=args.noise, data=args.data)
+    recipe = config.recipe
     # the same initial weights as n2ngraph draws for this seed
-    init = ng.compile(spec, None, seed=config.seed, dtype=dtype).state_dict()
-    model = TorchModel(spec, optimizer=config.optimizer_spec(spec), seed=config.seed,
-                       init_from=init, clip_grad_norm=config.clip_grad_norm, dtype=dtype)
+    init = ng.compile(spec, None, seed=recipe.seed, dtype=dtype).state_dict()
+    model = TorchModel(spec, optimizer=recipe.optimizer, seed=recipe.seed,
+                       init_from=init, clip_grad_norm=recipe.clip_grad_norm, dtype=dtype)
     run = Run(Path(args.run), spec, Path(args.spec).read_text(), model, config, dtype=dtype)
     run.create()
     data = prepare_data(config)

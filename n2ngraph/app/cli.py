@@ -141,8 +141,8 @@ def _spec(args) -> tuple[Spec, str]:
 
 
 def _config(spec: Spec, args, **extra):
+    from .config import TrainConfig
     from .data import parse_noise
-    from .train import TrainConfig
 
     for name in ("epochs", "batch", "pairs", "val_count", "crop"):
         value = getattr(args, name, None)
@@ -172,10 +172,11 @@ def _config(spec: Spec, args, **extra):
 
 
 def _model(spec: Spec, config, dtype, args):
-    shape = (config.batch, spec.inputs[0].channels, config.crop, config.crop)
-    return compile(spec, shape, device=config.device, dtype=dtype, seed=config.seed,
-                   optimizer=config.optimizer_spec(spec),
-                   clip_grad_norm=config.clip_grad_norm or 0.0, cuda_graphs=args.cuda_graphs)
+    r = config.recipe
+    shape = (r.batch, spec.inputs[0].channels, r.crop, r.crop)
+    return compile(spec, shape, device=config.device, dtype=dtype, seed=r.seed,
+                   optimizer=r.optimizer, clip_grad_norm=r.clip_grad_norm or 0.0,
+                   cuda_graphs=args.cuda_graphs)
 
 
 def _weights_file(path: str) -> Path:
@@ -245,8 +246,9 @@ def do_train(args) -> int:
         _read_params_into(model, spec, start)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.create()
-    print(f"training {spec.name} into {directory}: {config.epochs} epochs, batch {config.batch}, "
-          f"{config.optimizer} lr {config.lr}, {config.schedule} schedule; {data.description}"
+    r = config.recipe
+    print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
+          f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; {data.description}"
           + (f"; starting from the parameters in {start}" if start else ""))
     if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
         _finish_run(run, data, config, dtype)
@@ -254,7 +256,8 @@ def do_train(args) -> int:
 
 
 def do_resume(args) -> int:
-    from .train import Run, TrainConfig, prepare_data
+    from .config import TrainConfig
+    from .train import Run, prepare_data
 
     directory = Path(args.resume)
     config_path, spec_path = directory / "config.json", directory / "spec.yaml"
@@ -262,11 +265,15 @@ def do_resume(args) -> int:
         if not path.is_file():
             raise UsageError(f"{path}: missing; is {directory} a run directory?")
     try:
-        config = TrainConfig(**json.loads(config_path.read_text()))
-    except (ValueError, TypeError) as e:
+        record = json.loads(config_path.read_text())
+    except ValueError as e:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
     text = spec_path.read_text()
     spec = parse_spec(text, file=str(spec_path))
+    try:
+        config = TrainConfig.from_record(spec, record)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
     for flag, recorded in (("float64", config.float64), ("tf32", config.tf32)):
         if getattr(args, flag) and not recorded:
             raise UsageError(f"--{flag}: {directory} was trained without it, and a resumed run "
@@ -277,8 +284,8 @@ def do_resume(args) -> int:
     model = _model(spec, config, dtype, args)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.restore()
-    if run.epoch >= config.epochs:
-        print(f"{directory}: already trained for {config.epochs} epochs")
+    if run.epoch >= config.recipe.epochs:
+        print(f"{directory}: already trained for {config.recipe.epochs} epochs")
         return 0
     data = prepare_data(config)
     print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
