@@ -295,47 +295,62 @@ def do_resume(args) -> int:
 
 
 def do_eval(args) -> int:
-    from tqdm import tqdm
-
     from . import data as datasets
-    from .images import denoise
-    from .metrics import psnr
-    from .train import evaluate
 
     spec, _ = _spec(args)
     dtype = _dtype(args)
     model = _load_weights(spec, args, dtype)
     noise = datasets.parse_noise(args.noise) if args.noise else None
     seed = args.seed if args.seed is not None else 0
-    source = args.data
-    if source and Path(source).is_dir():
-        photos = datasets.load_folder(source)
-        before, after = [], []
-        listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
-                      disable=args.no_progress, dynamic_ncols=True)
-        for i, (name, clean) in enumerate(listed):
-            noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
-            out = denoise(model, spec, noisy, device=model.device, dtype=dtype,
-                          ensemble=args.ensemble)
-            reference = clean[None].double() / 255
-            before.append(psnr(noisy.double() / 255, reference))
-            after.append(psnr(out.double() / 255, reference))
-        n, input_psnr, output_psnr = len(after), sum(before) / len(before), sum(after) / len(after)
-        what = f"{n} photos in {source} (noise {noise}, seed {seed}, full size, 8-bit output)"
+    if datasets.source_kind(args.data) == "photos":
+        input_psnr, output_psnr, what = _eval_photos(model, spec, args, noise, seed, dtype)
     else:
-        if source:
-            noisy, clean = datasets.load_pairs(source)
-            what = f"{len(noisy)} pairs in {source}"
-        else:
-            _, val = datasets.embedded_split()
-            noisy, clean = datasets.validation_set(val, args.val_count, spec.train.crop, noise, seed)
-            what = f"{len(noisy)} validation crops of scikit-image's photos (noise {noise}, seed {seed})"
-        input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype,
-                                           ensemble=args.ensemble)
+        input_psnr, output_psnr, what = _eval_crops(model, spec, args, noise, seed, dtype)
     if args.ensemble:
         what += ", mean of 8 orientations"
     print(f"{spec.name}: PSNR {input_psnr:.2f} dB (input) -> {output_psnr:.2f} dB (output) on {what}")
     return 0
+
+
+def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float, float, str]:
+    """(input PSNR, output PSNR, on what) over the photos of folder ``--data``, each whole
+    and noised with its own seed, the output rounded to 8 bits as a saved photo is."""
+    from tqdm import tqdm
+
+    from . import data as datasets
+    from .images import denoise
+    from .metrics import psnr
+
+    photos = datasets.load_folder(args.data)
+    before, after = [], []
+    listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
+                  disable=args.no_progress, dynamic_ncols=True)
+    for i, (name, clean) in enumerate(listed):
+        noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
+        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble)
+        reference = clean[None].double() / 255
+        before.append(psnr(noisy.double() / 255, reference))
+        after.append(psnr(out.double() / 255, reference))
+    what = f"{len(after)} photos in {args.data} (noise {noise}, seed {seed}, full size, 8-bit output)"
+    return sum(before) / len(before), sum(after) / len(after), what
+
+
+def _eval_crops(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float, float, str]:
+    """(input PSNR, output PSNR, on what) over the course's pairs in ``--data``, or else
+    over validation crops of scikit-image's photos."""
+    from . import data as datasets
+    from .train import evaluate
+
+    if datasets.source_kind(args.data) == "pairs":
+        noisy, clean = datasets.load_pairs(args.data)
+        what = f"{len(noisy)} pairs in {args.data}"
+    else:
+        _, val = datasets.embedded_split()
+        noisy, clean = datasets.validation_set(val, args.val_count, spec.train.crop, noise, seed)
+        what = f"{len(noisy)} validation crops of scikit-image's photos (noise {noise}, seed {seed})"
+    input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype,
+                                       ensemble=args.ensemble)
+    return input_psnr, output_psnr, what
 
 
 def do_denoise(args) -> int:

@@ -14,6 +14,8 @@ Sources of photos:
 - ``load_pairs``: the EPFL EE-559 ``.pkl`` files, ``train_data.pkl`` (noisy, noisy) and
   ``val_data.pkl`` (noisy, clean).
 
+``source_kind`` says which of the three a ``--data`` argument names.
+
 Every problem with a file surfaces as one ``DataError`` whose message names the file.
 All randomness comes from a ``torch.Generator`` passed in, so a seed fixes the data.
 Writes are atomic (temp file in the same directory, then ``os.replace``): a crash or a
@@ -37,8 +39,8 @@ from .fileio import atomic_path
 
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
-    "load_photo", "load_folder", "save_photo", "Noise", "parse_noise", "random_crops",
-    "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
+    "source_kind", "load_photo", "load_folder", "save_photo", "Noise", "parse_noise",
+    "random_crops", "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
 ]
 
 Tensor = torch.Tensor
@@ -99,6 +101,16 @@ def embedded_split() -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     train = {k: v for k, v in photos.items() if k not in VALIDATION_PHOTOS}
     val = {k: v for k, v in photos.items() if k in VALIDATION_PHOTOS}
     return train, val
+
+
+def source_kind(source: str | os.PathLike | None) -> str:
+    """Which data ``source`` (``--data``) names: ``"embedded"`` when none is given
+    (scikit-image's photos), ``"pairs"`` for a ``.pkl`` file (the course's pairs),
+    ``"photos"`` for anything else (a folder of photos; ``load_folder`` says so when it is
+    not one). Training and evaluation both choose by this one rule."""
+    if not source:
+        return "embedded"
+    return "pairs" if Path(source).suffix == ".pkl" else "photos"
 
 
 # ---------------------------------------------------------------------------------------

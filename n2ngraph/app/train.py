@@ -61,36 +61,13 @@ def held_out(names: list[str]) -> list[str]:
 
 
 def prepare_data(config: TrainConfig) -> Data:
+    """The data of ``config.data`` (data.source_kind): the course's pairs, or crops of
+    photos (a folder's, or scikit-image's) noised afresh every epoch."""
     noise = datasets.parse_noise(config.noise)
-    source, r = config.data, config.recipe
-    if source is not None and Path(source).suffix == ".pkl":
-        a, b = datasets.load_pairs(source)
-        val_path = Path(source).with_name("val_data.pkl")
-        if val_path.exists() and val_path != Path(source):
-            val_noisy, val_clean = datasets.load_pairs(val_path)
-        else:
-            _, val = datasets.embedded_split()
-            val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
-                                                           noise, r.seed)
-        count = min(r.pairs, a.shape[0])
-
-        def fixed_pairs(epoch: int):
-            if not r.augment:
-                return a[:count], b[:count]
-            return datasets.augment_pairs(a[:count], b[:count], epoch_generator(r.seed, epoch))
-
-        return Data(fixed_pairs, val_noisy, val_clean,
-                    f"{count} pairs from {source}{', augmented' if r.augment else ''}")
-    if source is None:
-        train, val = datasets.embedded_split()
-        where = "scikit-image's photos"
-    else:
-        photos = datasets.load_folder(source)
-        names = sorted(photos)
-        val_names = held_out(names)
-        train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
-        val = {k: photos[k] for k in val_names}
-        where = f"{len(train)} of the {len(names)} photos in {source}"
+    if datasets.source_kind(config.data) == "pairs":
+        return _fixed_pairs(config, noise)
+    r = config.recipe
+    train, val, where = _photos(config.data)
     val_noisy, val_clean = datasets.validation_set(val, config.val_count, r.crop, noise, r.seed)
 
     def make_pairs(epoch: int):
@@ -101,6 +78,43 @@ def prepare_data(config: TrainConfig) -> Data:
                 f"{r.pairs} fresh {r.crop}x{r.crop} pairs per epoch from {where}, "
                 f"noise {noise}{', augmented by flips and rotations' if r.augment else ''}; "
                 f"validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
+
+
+def _photos(source: str | None) -> tuple[dict, dict, str]:
+    """(training photos, validation photos, where from): scikit-image's photos split by
+    image, or a folder's split by ``held_out``."""
+    if datasets.source_kind(source) == "embedded":
+        train, val = datasets.embedded_split()
+        return train, val, "scikit-image's photos"
+    photos = datasets.load_folder(source)
+    names = sorted(photos)
+    val_names = held_out(names)
+    train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
+    val = {k: photos[k] for k in val_names}
+    return train, val, f"{len(train)} of the {len(names)} photos in {source}"
+
+
+def _fixed_pairs(config: TrainConfig, noise: datasets.Noise) -> Data:
+    """The course's pairs, the same every epoch (turned anew by ``augment``); validation
+    on the val_data.pkl beside them, or else on crops of scikit-image's photos."""
+    r, source = config.recipe, config.data
+    a, b = datasets.load_pairs(source)
+    val_path = Path(source).with_name("val_data.pkl")
+    if val_path.exists() and val_path != Path(source):
+        val_noisy, val_clean = datasets.load_pairs(val_path)
+    else:
+        _, val = datasets.embedded_split()
+        val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
+                                                       noise, r.seed)
+    count = min(r.pairs, a.shape[0])
+
+    def fixed_pairs(epoch: int):
+        if not r.augment:
+            return a[:count], b[:count]
+        return datasets.augment_pairs(a[:count], b[:count], epoch_generator(r.seed, epoch))
+
+    return Data(fixed_pairs, val_noisy, val_clean,
+                f"{count} pairs from {source}{', augmented' if r.augment else ''}")
 
 
 def to_float(batch: torch.Tensor, device, dtype) -> torch.Tensor:
