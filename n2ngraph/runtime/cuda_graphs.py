@@ -10,8 +10,7 @@ import torch
 
 from .executor import Executable, Replay
 from .optim import ClipGradNorm
-
-Shape = tuple[int, ...]
+from .plans import Shape
 
 
 class CudaGraphs:

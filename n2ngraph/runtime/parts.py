@@ -17,8 +17,8 @@ import torch
 from ..compiler.spec import Spec
 from ..ops import scalar
 from .flat import packed_like, zipped
+from .plans import Shape
 
-Shape = tuple[int, ...]
 Part = tuple[int, int]  # (start, stop) in the batch
 
 PART_PIXELS = 2**14
