@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import n2ngraph as ng
-from n2ngraph.runtime import program as program_module
+from n2ngraph.runtime import parts as parts_module
 from n2ngraph.app.cli import main
 from n2ngraph.app.checkpoint import load_checkpoint
 
@@ -29,7 +29,7 @@ def threads():
 
 @pytest.fixture
 def small_parts(monkeypatch):
-    monkeypatch.setattr(program_module, "PART_PIXELS", 64)
+    monkeypatch.setattr(parts_module, "PART_PIXELS", 64)
 
 
 def test_parts_cover_the_batch(threads, small_parts):
@@ -77,19 +77,20 @@ def test_part_gradients_are_allocated_before_the_threads_run(threads, small_part
     threads(2)
     prog = ng.compile(SPECS["noise2noise"], (8, 3, 8, 8))
     grown_in = []
-    allocate = prog._part_grads
+    gradients = prog._part_grads
+    allocate = gradients.of
 
     def watched(part):
-        before = len(prog._parts_grads)
+        before = len(gradients.parts)
         found = allocate(part)
-        if len(prog._parts_grads) > before:
+        if len(gradients.parts) > before:
             grown_in.append(threading.current_thread() is threading.main_thread())
         return found
-    monkeypatch.setattr(prog, "_part_grads", watched)
+    monkeypatch.setattr(gradients, "of", watched)
     x = torch.rand(8, 3, 8, 8)
     prog.train_step(x, x.flip(0))
     assert len(prog.batch_parts(prog.input_shapes(x.shape))) == 8 and grown_in == [True]
-    assert len(prog._parts_sums[0][1]) == 8  # every part in the sum (one, flat)
+    assert len(gradients.sums[0][1]) == 8  # every part in the sum (one, flat)
 
 
 def test_a_loss_that_is_not_a_mean_is_never_split(threads, small_parts, monkeypatch):

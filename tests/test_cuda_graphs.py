@@ -44,12 +44,14 @@ def test_update_from_device_scalars_matches_the_float_update(case, dtype):
     for step in range(12):
         for g in grads.values():
             g.copy_(torch.randn(g.shape, generator=gen, dtype=dtype))
-        floats.lr = tensors.lr = OPTIMIZERS[case].lr * (1 - step / 24)
+        for optimizer in (floats, tensors):
+            optimizer.set_lr(OPTIMIZERS[case].lr * (1 - step / 24))
         floats.step()
-        tensors.load_device_scalars()
-        assert [s.item() for s in scalars] == pytest.approx(tensors.scalars(), rel=1e-6)
-        tensors.update(*scalars)
-        tensors.steps += 1
+
+        def replay():  # what the recorded graph does: the update, reading the device tensors
+            assert [s.item() for s in scalars] == pytest.approx(tensors.scalars(), rel=1e-6)
+            tensors.recorded_update()
+        tensors.step_replayed(replay)
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     for k in params:
         assert relative(twins[k], params[k]) < tol, k
@@ -93,7 +95,7 @@ def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch)
     """Everything of the GPU path but the recording itself, on the CPU: a stand-in for
     Replay runs its body. Adam, weight decay, clipping and a learning rate that changes
     every step, through device_scalars; inference through its own body."""
-    monkeypatch.setattr(ng.runtime.program, "Replay", RunsItsBody)
+    monkeypatch.setattr(ng.runtime.cuda_graphs, "Replay", RunsItsBody)
     spec = ng.load_spec(ROOT / "specs" / "unet.yaml")
     options = {"dtype": torch.float64, "seed": 3, "clip_grad_norm": 0.05,
                "optimizer": OptimizerSpec(name="adam", lr=2e-3, weight_decay=1e-4)}
@@ -102,11 +104,12 @@ def test_the_replayed_step_path_matches_the_launched_one_on_the_cpu(monkeypatch)
     gen = torch.Generator().manual_seed(0)
     for step in range(5):
         x, t = (torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(2))
-        launched.optimizer.lr = replayed.optimizer.lr = 2e-3 / (1 + step)
+        for prog in (launched, replayed):
+            prog.optimizer.set_lr(2e-3 / (1 + step))
         assert replayed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-12)
     photo = torch.rand(1, 3, 20, 28, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(replayed.forward(photo), launched.forward(photo), rtol=1e-12, atol=1e-12)
-    assert [r.calls for r in replayed._replays.values()] == [4, 1]  # the first step ran bare
+    assert [r.calls for r in replayed._graphs.replays.values()] == [4, 1]  # the first step ran bare
     for name, p in launched.params.items():
         assert relative(replayed.params[name], p) < 1e-12, name
 
@@ -121,7 +124,7 @@ def test_the_recorded_bodies_never_read_back_to_the_host(spec_name, options, mon
     (kernels, clipping, update) and the inference body make no host read, which on a
     GPU would make the recording fail. The GPU check runs only where a GPU is lent;
     this one runs everywhere."""
-    monkeypatch.setattr(ng.runtime.program, "Replay", RunsItsBody)
+    monkeypatch.setattr(ng.runtime.cuda_graphs, "Replay", RunsItsBody)
     spec = ng.load_spec(ROOT / "specs" / f"{spec_name}.yaml")
     prog = ng.compile(spec, (2, 3, 16, 16), seed=1, **options)
     prog.cuda_graphs = True  # what a CUDA device sets
@@ -129,7 +132,7 @@ def test_the_recorded_bodies_never_read_back_to_the_host(spec_name, options, mon
     for _ in range(3):  # the first step runs bare (SGD's branch); the next two are recorded
         prog.train_step(x, t)
     prog.forward(x[:1])
-    bodies = [watch for replay in prog._replays.values() for watch in replay.watches]
+    bodies = [watch for replay in prog._graphs.replays.values() for watch in replay.watches]
     assert len(bodies) == 3 and all(watch.ops > 20 for watch in bodies)
     assert [watch.found for watch in bodies] == [[], [], []]
 
@@ -160,9 +163,10 @@ def test_replayed_training_steps_match_launched_ones(spec_name, options):
     gen = torch.Generator().manual_seed(0)
     for step in range(8):
         x, t = (torch.rand(shape, generator=gen, dtype=torch.float64).cuda() for _ in range(2))
-        graphed.optimizer.lr = launched.optimizer.lr = graphed.optimizer.config.lr / (1 + step)
+        for prog in (graphed, launched):
+            prog.optimizer.set_lr(prog.optimizer.config.lr / (1 + step))
         assert graphed.train_step(x, t) == pytest.approx(launched.train_step(x, t), rel=1e-10), step
-    replays = list(graphed._replays.values())
+    replays = list(graphed._graphs.replays.values())
     assert len(replays) == 1 and replays[0].graph is not None  # recorded, and replayed 5 times
     assert replays[0].calls == 7 and graphed.optimizer.steps == launched.optimizer.steps == 8
     for name, p in launched.params.items():
@@ -176,4 +180,4 @@ def test_replayed_inference_equals_launched_for_each_shape():
     for shape in [(1, 3, 24, 40), (2, 3, 16, 16), (1, 3, 24, 40)] * 3:
         x = torch.rand(shape, generator=gen, dtype=torch.float64).cuda()
         assert torch.equal(graphed.forward(x), launched.forward(x))
-    assert sorted(r.graph is not None for r in graphed._replays.values()) == [True, True]
+    assert sorted(r.graph is not None for r in graphed._graphs.replays.values()) == [True, True]

@@ -17,7 +17,9 @@ import torch
 
 from helpers import ROOT
 from n2ngraph.app import data as datasets
-from n2ngraph.app.train import TrainConfig, held_out, prepare_data
+from n2ngraph.app.config import TrainConfig
+from n2ngraph.app.train import held_out, prepare_data
+from n2ngraph.compiler.spec import OptimizerSpec, TrainSpec
 
 
 def _load_tool():
@@ -100,8 +102,8 @@ def test_the_written_folder_trains_on_all_but_the_validation_photos(tmp_path):
         assert torch.equal(loaded[path.name], torch.from_numpy(photos[name][0]).permute(2, 0, 1))
     sources = (tmp_path / "SOURCES.txt").read_text().splitlines()
     assert len(sources) == 12 and "04_coffee.png\t48x40\tvalidation\tsource of coffee" in sources
-    data = prepare_data(TrainConfig(epochs=1, batch=2, lr=0.1, pairs=4, seed=0, crop=16,
-                                    data=str(tmp_path), val_count=4))
+    recipe = TrainSpec(epochs=1, batch=2, optimizer=OptimizerSpec(lr=0.1), pairs=4, seed=0, crop=16)
+    data = prepare_data(TrainConfig(recipe, data=str(tmp_path), val_count=4))
     assert f"from 9 of the 11 photos in {tmp_path}" in data.description
     assert "validation: 4 crops of 04_coffee.png, 09_rocket.png" in data.description
 

@@ -59,7 +59,7 @@ def test_ten_adam_steps_match_torch(name, case, dtype, device):
     tol = TOLERANCE[dtype]
     for step in range(10):
         lr = config.lr * (1 - step / 20)
-        prog.optimizer.lr = lr
+        prog.optimizer.set_lr(lr)
         for group in opt.param_groups:
             group["lr"] = lr
         x = torch.rand(shape, generator=gen, dtype=dtype).to(device)
@@ -139,7 +139,7 @@ def test_adam_with_clipping_allocates_nothing_in_steady_state(spec_path):
     x, t = torch.rand(shape), torch.rand(shape)
     for _ in range(2):
         prog.train_step(x, t)
-    prog.optimizer.lr = 5e-4  # a schedule changing it costs nothing either
+    prog.optimizer.set_lr(5e-4)  # a schedule changing it costs nothing either
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         prog.train_step(x, t)
     allocations = [(e.name, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage > 0]

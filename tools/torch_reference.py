@@ -141,12 +141,17 @@ def torch_optimizer(params, config: OptimizerSpec) -> torch.optim.Optimizer:
 
 
 class _TorchOptimizer:
-    """n2ngraph's optimizer interface (steps, lr, state dicts) over torch.optim."""
+    """n2ngraph's optimizer interface (step, set_lr, lr, steps, state dicts) over
+    torch.optim."""
 
     def __init__(self, net: TorchNet, config: OptimizerSpec):
         self.net = net
         self.torch = torch_optimizer(net.parameters(), config)
         self.steps = 0
+
+    def step(self) -> None:
+        self.torch.step()
+        self.steps += 1
 
     @property
     def lr(self) -> float:
@@ -154,6 +159,9 @@ class _TorchOptimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        self.set_lr(value)
+
+    def set_lr(self, value: float) -> None:
         for group in self.torch.param_groups:
             group["lr"] = value
 
@@ -195,8 +203,7 @@ class TorchModel:
         loss.backward()
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
-        self.optimizer.torch.step()
-        self.optimizer.steps += 1
+        self.optimizer.step()
         return loss.item()
 
     @torch.no_grad()
@@ -215,7 +222,8 @@ def main(argv=None) -> int:
     import argparse
 
     import n2ngraph as ng
-    from n2ngraph.app.train import Run, TrainConfig, prepare_data
+    from n2ngraph.app.config import TrainConfig
+    from n2ngraph.app.train import Run, prepare_data
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("spec")
@@ -232,10 +240,11 @@ def main(argv=None) -> int:
     spec = ng.load_spec(args.spec)
     config = TrainConfig.from_spec(spec, epochs=args.epochs, batch=args.batch, pairs=args.pairs,
                                    seed=args.seed, lr=args.lr, noise=args.noise, data=args.data)
+    recipe = config.recipe
     # the same initial weights as n2ngraph draws for this seed
-    init = ng.compile(spec, None, seed=config.seed, dtype=dtype).state_dict()
-    model = TorchModel(spec, optimizer=config.optimizer_spec(spec), seed=config.seed,
-                       init_from=init, clip_grad_norm=config.clip_grad_norm, dtype=dtype)
+    init = ng.compile(spec, None, seed=recipe.seed, dtype=dtype).state_dict()
+    model = TorchModel(spec, optimizer=recipe.optimizer, seed=recipe.seed,
+                       init_from=init, clip_grad_norm=recipe.clip_grad_norm, dtype=dtype)
     run = Run(Path(args.run), spec, Path(args.spec).read_text(), model, config, dtype=dtype)
     run.create()
     data = prepare_data(config)

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..runtime.state import mismatched_keys
 from .fileio import write_atomic
 
 OPTIMIZER = "optimizer."
@@ -61,8 +62,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
 def check_params_fit(path, params: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
                      spec_name: str) -> None:
     """A clear error when a weights file belongs to another network."""
-    missing = [k for k in expected if k not in params]
-    unexpected = [k for k in params if k not in expected]
+    missing, unexpected = mismatched_keys(params, expected)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"{path}: weights are for another network than spec "

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..compiler.parse import load_spec, parse_spec
-from ..compiler.spec import OPTIMIZERS, SCHEDULES, OptimizerSpec, Spec
+from ..compiler.spec import OPTIMIZERS, SCHEDULES, Spec
 from ..errors import SpecError
 from ..runtime.program import compile
 from . import pretrained
@@ -141,8 +141,8 @@ def _spec(args) -> tuple[Spec, str]:
 
 
 def _config(spec: Spec, args, **extra):
+    from .config import TrainConfig
     from .data import parse_noise
-    from .train import TrainConfig
 
     for name in ("epochs", "batch", "pairs", "val_count", "crop"):
         value = getattr(args, name, None)
@@ -172,10 +172,11 @@ def _config(spec: Spec, args, **extra):
 
 
 def _model(spec: Spec, config, dtype, args):
-    shape = (config.batch, spec.inputs[0].channels, config.crop, config.crop)
-    return compile(spec, shape, device=config.device, dtype=dtype, seed=config.seed,
-                   optimizer=config.optimizer_spec(spec),
-                   clip_grad_norm=config.clip_grad_norm or 0.0, cuda_graphs=args.cuda_graphs)
+    r = config.recipe
+    shape = (r.batch, spec.inputs[0].channels, r.crop, r.crop)
+    return compile(spec, shape, device=config.device, dtype=dtype, seed=r.seed,
+                   optimizer=r.optimizer, clip_grad_norm=r.clip_grad_norm or 0.0,
+                   cuda_graphs=args.cuda_graphs)
 
 
 def _weights_file(path: str) -> Path:
@@ -245,8 +246,9 @@ def do_train(args) -> int:
         _read_params_into(model, spec, start)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.create()
-    print(f"training {spec.name} into {directory}: {config.epochs} epochs, batch {config.batch}, "
-          f"{config.optimizer} lr {config.lr}, {config.schedule} schedule; {data.description}"
+    r = config.recipe
+    print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
+          f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; {data.description}"
           + (f"; starting from the parameters in {start}" if start else ""))
     if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
         _finish_run(run, data, config, dtype)
@@ -254,7 +256,8 @@ def do_train(args) -> int:
 
 
 def do_resume(args) -> int:
-    from .train import Run, TrainConfig, prepare_data
+    from .config import TrainConfig
+    from .train import Run, prepare_data
 
     directory = Path(args.resume)
     config_path, spec_path = directory / "config.json", directory / "spec.yaml"
@@ -262,11 +265,15 @@ def do_resume(args) -> int:
         if not path.is_file():
             raise UsageError(f"{path}: missing; is {directory} a run directory?")
     try:
-        config = TrainConfig(**json.loads(config_path.read_text()))
-    except (ValueError, TypeError) as e:
+        record = json.loads(config_path.read_text())
+    except ValueError as e:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
     text = spec_path.read_text()
     spec = parse_spec(text, file=str(spec_path))
+    try:
+        config = TrainConfig.from_record(spec, record)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
     for flag, recorded in (("float64", config.float64), ("tf32", config.tf32)):
         if getattr(args, flag) and not recorded:
             raise UsageError(f"--{flag}: {directory} was trained without it, and a resumed run "
@@ -277,8 +284,8 @@ def do_resume(args) -> int:
     model = _model(spec, config, dtype, args)
     run = Run(directory, spec, text, model, config, dtype=dtype)
     run.restore()
-    if run.epoch >= config.epochs:
-        print(f"{directory}: already trained for {config.epochs} epochs")
+    if run.epoch >= config.recipe.epochs:
+        print(f"{directory}: already trained for {config.recipe.epochs} epochs")
         return 0
     data = prepare_data(config)
     print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
@@ -288,47 +295,62 @@ def do_resume(args) -> int:
 
 
 def do_eval(args) -> int:
-    from tqdm import tqdm
-
     from . import data as datasets
-    from .images import denoise
-    from .metrics import psnr
-    from .train import evaluate
 
     spec, _ = _spec(args)
     dtype = _dtype(args)
     model = _load_weights(spec, args, dtype)
     noise = datasets.parse_noise(args.noise) if args.noise else None
     seed = args.seed if args.seed is not None else 0
-    source = args.data
-    if source and Path(source).is_dir():
-        photos = datasets.load_folder(source)
-        before, after = [], []
-        listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
-                      disable=args.no_progress, dynamic_ncols=True)
-        for i, (name, clean) in enumerate(listed):
-            noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
-            out = denoise(model, spec, noisy, device=model.device, dtype=dtype,
-                          ensemble=args.ensemble)
-            reference = clean[None].double() / 255
-            before.append(psnr(noisy.double() / 255, reference))
-            after.append(psnr(out.double() / 255, reference))
-        n, input_psnr, output_psnr = len(after), sum(before) / len(before), sum(after) / len(after)
-        what = f"{n} photos in {source} (noise {noise}, seed {seed}, full size, 8-bit output)"
+    if datasets.source_kind(args.data) == "photos":
+        input_psnr, output_psnr, what = _eval_photos(model, spec, args, noise, seed, dtype)
     else:
-        if source:
-            noisy, clean = datasets.load_pairs(source)
-            what = f"{len(noisy)} pairs in {source}"
-        else:
-            _, val = datasets.embedded_split()
-            noisy, clean = datasets.validation_set(val, args.val_count, spec.train.crop, noise, seed)
-            what = f"{len(noisy)} validation crops of scikit-image's photos (noise {noise}, seed {seed})"
-        input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype,
-                                           ensemble=args.ensemble)
+        input_psnr, output_psnr, what = _eval_crops(model, spec, args, noise, seed, dtype)
     if args.ensemble:
         what += ", mean of 8 orientations"
     print(f"{spec.name}: PSNR {input_psnr:.2f} dB (input) -> {output_psnr:.2f} dB (output) on {what}")
     return 0
+
+
+def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float, float, str]:
+    """(input PSNR, output PSNR, on what) over the photos of folder ``--data``, each whole
+    and noised with its own seed, the output rounded to 8 bits as a saved photo is."""
+    from tqdm import tqdm
+
+    from . import data as datasets
+    from .images import denoise
+    from .metrics import psnr
+
+    photos = datasets.load_folder(args.data)
+    before, after = [], []
+    listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
+                  disable=args.no_progress, dynamic_ncols=True)
+    for i, (name, clean) in enumerate(listed):
+        noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
+        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble)
+        reference = clean[None].double() / 255
+        before.append(psnr(noisy.double() / 255, reference))
+        after.append(psnr(out.double() / 255, reference))
+    what = f"{len(after)} photos in {args.data} (noise {noise}, seed {seed}, full size, 8-bit output)"
+    return sum(before) / len(before), sum(after) / len(after), what
+
+
+def _eval_crops(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float, float, str]:
+    """(input PSNR, output PSNR, on what) over the course's pairs in ``--data``, or else
+    over validation crops of scikit-image's photos."""
+    from . import data as datasets
+    from .train import evaluate
+
+    if datasets.source_kind(args.data) == "pairs":
+        noisy, clean = datasets.load_pairs(args.data)
+        what = f"{len(noisy)} pairs in {args.data}"
+    else:
+        _, val = datasets.embedded_split()
+        noisy, clean = datasets.validation_set(val, args.val_count, spec.train.crop, noise, seed)
+        what = f"{len(noisy)} validation crops of scikit-image's photos (noise {noise}, seed {seed})"
+    input_psnr, output_psnr = evaluate(model, noisy, clean, device=model.device, dtype=dtype,
+                                       ensemble=args.ensemble)
+    return input_psnr, output_psnr, what
 
 
 def do_denoise(args) -> int:

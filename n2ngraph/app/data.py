@@ -14,6 +14,8 @@ Sources of photos:
 - ``load_pairs``: the EPFL EE-559 ``.pkl`` files, ``train_data.pkl`` (noisy, noisy) and
   ``val_data.pkl`` (noisy, clean).
 
+``source_kind`` says which of the three a ``--data`` argument names.
+
 Every problem with a file surfaces as one ``DataError`` whose message names the file.
 All randomness comes from a ``torch.Generator`` passed in, so a seed fixes the data.
 Writes are atomic (temp file in the same directory, then ``os.replace``): a crash or a
@@ -37,8 +39,8 @@ from .fileio import atomic_path
 
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
-    "load_photo", "load_folder", "save_photo", "Noise", "parse_noise", "random_crops",
-    "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
+    "source_kind", "load_photo", "load_folder", "save_photo", "Noise", "parse_noise",
+    "random_crops", "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
 ]
 
 Tensor = torch.Tensor
@@ -99,6 +101,16 @@ def embedded_split() -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     train = {k: v for k, v in photos.items() if k not in VALIDATION_PHOTOS}
     val = {k: v for k, v in photos.items() if k in VALIDATION_PHOTOS}
     return train, val
+
+
+def source_kind(source: str | os.PathLike | None) -> str:
+    """Which data ``source`` (``--data``) names: ``"embedded"`` when none is given
+    (scikit-image's photos), ``"pairs"`` for a ``.pkl`` file (the course's pairs),
+    ``"photos"`` for anything else (a folder of photos; ``load_folder`` says so when it is
+    not one). Training and evaluation both choose by this one rule."""
+    if not source:
+        return "embedded"
+    return "pairs" if Path(source).suffix == ".pkl" else "photos"
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,11 +366,7 @@ def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
     after everything else, so the pairs without it are unchanged."""
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     clean = random_crops(photos, count, crop, generator)
-    a, b = torch.empty_like(clean), torch.empty_like(clean)
-    for start in range(0, count, _CHUNK):
-        part = slice(start, start + _CHUNK)
-        a[part] = noise.apply(clean[part], generator)
-        b[part] = noise.apply(clean[part], generator)
+    a, b = _noisy_views(clean, noise, generator, views=2)
     if augment:
         return augment_pairs(a, b, generator)
     return a, b
@@ -404,11 +412,21 @@ def validation_set(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     generator = torch.Generator().manual_seed(seed)
     clean = random_crops(photos, count, crop, generator)
-    noisy = torch.empty_like(clean)
-    for start in range(0, count, _CHUNK):
-        part = slice(start, start + _CHUNK)
-        noisy[part] = noise.apply(clean[part], generator)
+    noisy = _noisy_views(clean, noise, generator, views=1)[0]
     return noisy, clean
+
+
+def _noisy_views(clean: Tensor, noise: Noise, generator: torch.Generator,
+                 views: int) -> list[Tensor]:
+    """``views`` independent noisy copies of the crops ``clean``, noised ``_CHUNK`` crops
+    at a time, every view of a chunk before the next chunk: that order of draws from
+    ``generator`` is what a seed has always given."""
+    noisy = [torch.empty_like(clean) for _ in range(views)]
+    for start in range(0, len(clean), _CHUNK):
+        part = slice(start, start + _CHUNK)
+        for view in noisy:
+            view[part] = noise.apply(clean[part], generator)
+    return noisy
 
 
 def batches(a: Tensor, b: Tensor, batch: int,

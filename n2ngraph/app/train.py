@@ -30,60 +30,14 @@ from typing import Callable
 import attrs
 import torch
 
+from ..compiler.spec import Spec
+from ..runtime.optim import learning_rate
 from . import data as datasets
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .fileio import write_atomic
 from .images import self_ensemble
 from .metrics import psnr
-from ..runtime.optim import learning_rate
-from ..compiler.spec import OptimizerSpec, ScheduleSpec, Spec
-
-
-@attrs.frozen
-class TrainConfig:
-    """Settings of one run; ``None`` means "the spec's recipe"."""
-
-    epochs: int
-    batch: int
-    lr: float
-    pairs: int
-    seed: int
-    crop: int
-    noise: str = "gaussian:25"
-    data: str | None = None
-    val_count: int = 1000
-    device: str = "cpu"
-    optimizer: str = "sgd"  # its settings are the spec's, or the defaults if it names another
-    schedule: str = "constant"  # likewise
-    clip_grad_norm: float | None = None
-    augment: bool = False
-    from_weights: str | None = None  # the checkpoint a fine-tuning run started from
-    float64: bool = False  # the arithmetic, which a resumed run must keep to stay bit-identical
-    tf32: bool = False
-
-    @classmethod
-    def from_spec(cls, spec: Spec, **overrides) -> "TrainConfig":
-        r = spec.train
-        base = dict(epochs=r.epochs, batch=r.batch, lr=r.optimizer.lr, pairs=r.pairs,
-                    seed=r.seed, crop=r.crop, optimizer=r.optimizer.name,
-                    schedule=r.schedule.name, clip_grad_norm=r.clip_grad_norm,
-                    augment=r.augment)
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides.get("optimizer", r.optimizer.name) != r.optimizer.name:
-            base["lr"] = OptimizerSpec(name=overrides["optimizer"]).lr  # not SGD's lr for Adam
-        base.update(overrides)
-        return cls(**base)
-
-    def optimizer_spec(self, spec: Spec) -> OptimizerSpec:
-        """The spec's optimizer at this run's lr; another one, named by an override,
-        with its defaults."""
-        r = spec.train.optimizer
-        return attrs.evolve(r if r.name == self.optimizer else OptimizerSpec(name=self.optimizer),
-                            lr=self.lr)
-
-    def schedule_spec(self, spec: Spec) -> ScheduleSpec:
-        r = spec.train.schedule
-        return r if r.name == self.schedule else ScheduleSpec(name=self.schedule)
 
 
 @attrs.frozen
@@ -107,47 +61,60 @@ def held_out(names: list[str]) -> list[str]:
 
 
 def prepare_data(config: TrainConfig) -> Data:
+    """The data of ``config.data`` (data.source_kind): the course's pairs, or crops of
+    photos (a folder's, or scikit-image's) noised afresh every epoch."""
     noise = datasets.parse_noise(config.noise)
-    source = config.data
-    if source is not None and Path(source).suffix == ".pkl":
-        a, b = datasets.load_pairs(source)
-        val_path = Path(source).with_name("val_data.pkl")
-        if val_path.exists() and val_path != Path(source):
-            val_noisy, val_clean = datasets.load_pairs(val_path)
-        else:
-            _, val = datasets.embedded_split()
-            val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
-                                                           noise, config.seed)
-        count = min(config.pairs, a.shape[0])
-
-        def fixed_pairs(epoch: int):
-            if not config.augment:
-                return a[:count], b[:count]
-            return datasets.augment_pairs(a[:count], b[:count], epoch_generator(config.seed, epoch))
-
-        return Data(fixed_pairs, val_noisy, val_clean,
-                    f"{count} pairs from {source}{', augmented' if config.augment else ''}")
-    if source is None:
-        train, val = datasets.embedded_split()
-        where = "scikit-image's photos"
-    else:
-        photos = datasets.load_folder(source)
-        names = sorted(photos)
-        val_names = held_out(names)
-        train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
-        val = {k: photos[k] for k in val_names}
-        where = f"{len(train)} of the {len(names)} photos in {source}"
-    val_noisy, val_clean = datasets.validation_set(val, config.val_count, config.crop, noise,
-                                                   config.seed)
+    if datasets.source_kind(config.data) == "pairs":
+        return _fixed_pairs(config, noise)
+    r = config.recipe
+    train, val, where = _photos(config.data)
+    val_noisy, val_clean = datasets.validation_set(val, config.val_count, r.crop, noise, r.seed)
 
     def make_pairs(epoch: int):
-        return datasets.training_pairs(train, config.pairs, config.crop, noise,
-                                       epoch_generator(config.seed, epoch), augment=config.augment)
+        return datasets.training_pairs(train, r.pairs, r.crop, noise,
+                                       epoch_generator(r.seed, epoch), augment=r.augment)
 
     return Data(make_pairs, val_noisy, val_clean,
-                f"{config.pairs} fresh {config.crop}x{config.crop} pairs per epoch from {where}, "
-                f"noise {noise}{', augmented by flips and rotations' if config.augment else ''}; "
+                f"{r.pairs} fresh {r.crop}x{r.crop} pairs per epoch from {where}, "
+                f"noise {noise}{', augmented by flips and rotations' if r.augment else ''}; "
                 f"validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
+
+
+def _photos(source: str | None) -> tuple[dict, dict, str]:
+    """(training photos, validation photos, where from): scikit-image's photos split by
+    image, or a folder's split by ``held_out``."""
+    if datasets.source_kind(source) == "embedded":
+        train, val = datasets.embedded_split()
+        return train, val, "scikit-image's photos"
+    photos = datasets.load_folder(source)
+    names = sorted(photos)
+    val_names = held_out(names)
+    train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
+    val = {k: photos[k] for k in val_names}
+    return train, val, f"{len(train)} of the {len(names)} photos in {source}"
+
+
+def _fixed_pairs(config: TrainConfig, noise: datasets.Noise) -> Data:
+    """The course's pairs, the same every epoch (turned anew by ``augment``); validation
+    on the val_data.pkl beside them, or else on crops of scikit-image's photos."""
+    r, source = config.recipe, config.data
+    a, b = datasets.load_pairs(source)
+    val_path = Path(source).with_name("val_data.pkl")
+    if val_path.exists() and val_path != Path(source):
+        val_noisy, val_clean = datasets.load_pairs(val_path)
+    else:
+        _, val = datasets.embedded_split()
+        val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
+                                                       noise, r.seed)
+    count = min(r.pairs, a.shape[0])
+
+    def fixed_pairs(epoch: int):
+        if not r.augment:
+            return a[:count], b[:count]
+        return datasets.augment_pairs(a[:count], b[:count], epoch_generator(r.seed, epoch))
+
+    return Data(fixed_pairs, val_noisy, val_clean,
+                f"{count} pairs from {source}{', augmented' if r.augment else ''}")
 
 
 def to_float(batch: torch.Tensor, device, dtype) -> torch.Tensor:
@@ -259,7 +226,7 @@ class Run:
     def create(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=False)
         write_atomic(self.dir / "config.json",
-                     lambda t: Path(t).write_text(json.dumps(attrs.asdict(self.config), indent=2)))
+                     lambda t: Path(t).write_text(json.dumps(self.config.record(), indent=2)))
         write_atomic(self.dir / "spec.yaml", lambda t: Path(t).write_text(self.spec_text))
 
     def save(self, name: str) -> None:
@@ -320,33 +287,24 @@ class Run:
                 stop: "StopRequests") -> bool:
         from tqdm import tqdm
 
-        c = self.config
-        schedule = c.schedule_spec(self.spec)
+        r = self.config.recipe
         steps_done = 0
-        while self.epoch < c.epochs:
-            a, b = epochs.get(self.epoch, last=c.epochs - 1)
-            shuffle = epoch_generator(c.seed, self.epoch + 500_000)
-            per_epoch, first_step = len(a) // c.batch, self.step
-            stream = itertools.islice(datasets.batches(a, b, c.batch, shuffle), self.step, None)
+        while self.epoch < r.epochs:
+            a, b = epochs.get(self.epoch, last=r.epochs - 1)
+            shuffle = epoch_generator(r.seed, self.epoch + 500_000)
+            per_epoch, first_step = len(a) // r.batch, self.step
+            stream = itertools.islice(datasets.batches(a, b, r.batch, shuffle), self.step, None)
             started = time.perf_counter()
-            bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{c.epochs}",
+            bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{r.epochs}",
                        unit="step", disable=not progress, leave=False, dynamic_ncols=True)
             with bar:
                 for batch_a, batch_b in stream:
-                    x = to_float(batch_a, c.device, self.dtype)
-                    t = to_float(batch_b, c.device, self.dtype)
-                    self.model.optimizer.lr = learning_rate(
-                        schedule, c.lr, self.epoch * per_epoch + self.step, per_epoch,
-                        c.epochs * per_epoch)
-                    loss = self.model.train_step(x, t)
-                    self.step += 1
-                    total, count = self.running
-                    self.running = (total + loss, count + 1)
+                    self._step(batch_a, batch_b, per_epoch)
                     bar.update(1)
                     if self.step % 50 == 0:
                         rate = bar.format_dict["rate"] or 0
                         bar.set_postfix(loss=f"{self.running[0] / self.running[1]:.5f}",
-                                        samples_s=f"{rate * c.batch:,.0f}")
+                                        samples_s=f"{rate * r.batch:,.0f}")
                     steps_done += 1
                     if stop.requested:
                         bar.close()
@@ -354,24 +312,42 @@ class Run:
                     if max_steps is not None and steps_done >= max_steps:
                         self.save("last.safetensors")
                         return False
-            seconds = time.perf_counter() - started
-            input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
-                                               device=c.device, dtype=self.dtype)
-            total, count = self.running
-            throughput = (per_epoch - first_step) * c.batch / seconds
-            row = {"epoch": self.epoch + 1, "train_loss": f"{total / max(count, 1):.6f}",
-                   "val_psnr": f"{output_psnr:.4f}", "input_psnr": f"{input_psnr:.4f}",
-                   "seconds": f"{seconds:.1f}", "samples_per_s": f"{throughput:.0f}"}
-            self._record(row)
-            self.log(f"epoch {self.epoch + 1}/{c.epochs}: loss {row['train_loss']}, "
-                     f"lr {self.model.optimizer.lr:.3g}, validation "
-                     f"{input_psnr:.2f} dB -> {output_psnr:.2f} dB, {seconds:.0f} s "
-                     f"({row['samples_per_s']} samples/s)")
-            self.epoch, self.step, self.running = self.epoch + 1, 0, (0.0, 0)
-            if output_psnr > self.best:
-                self.best = output_psnr
-                self.save("best.safetensors")
-            self.save("last.safetensors")
-            if stop.requested and self.epoch < c.epochs:
+            self._end_epoch(data, time.perf_counter() - started, per_epoch - first_step)
+            if stop.requested and self.epoch < r.epochs:
                 return self._stop(f"stopped by {stop.requested}")
         return True
+
+    def _step(self, batch_a: torch.Tensor, batch_b: torch.Tensor, per_epoch: int) -> None:
+        """One update, at the learning rate of its index in the run (optim.learning_rate)."""
+        r, device = self.config.recipe, self.config.device
+        x = to_float(batch_a, device, self.dtype)
+        t = to_float(batch_b, device, self.dtype)
+        self.model.optimizer.set_lr(learning_rate(
+            r.schedule, r.optimizer.lr, self.epoch * per_epoch + self.step, per_epoch,
+            r.epochs * per_epoch))
+        loss = self.model.train_step(x, t)
+        self.step += 1
+        total, count = self.running
+        self.running = (total + loss, count + 1)
+
+    def _end_epoch(self, data: Data, seconds: float, steps: int) -> None:
+        """Validates, records and logs the epoch that ``steps`` steps in ``seconds``
+        finished, then moves to the next one, saving the checkpoints."""
+        r = self.config.recipe
+        input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
+                                           device=self.config.device, dtype=self.dtype)
+        total, count = self.running
+        throughput = steps * r.batch / seconds
+        row = {"epoch": self.epoch + 1, "train_loss": f"{total / max(count, 1):.6f}",
+               "val_psnr": f"{output_psnr:.4f}", "input_psnr": f"{input_psnr:.4f}",
+               "seconds": f"{seconds:.1f}", "samples_per_s": f"{throughput:.0f}"}
+        self._record(row)
+        self.log(f"epoch {self.epoch + 1}/{r.epochs}: loss {row['train_loss']}, "
+                 f"lr {self.model.optimizer.lr:.3g}, validation "
+                 f"{input_psnr:.2f} dB -> {output_psnr:.2f} dB, {seconds:.0f} s "
+                 f"({row['samples_per_s']} samples/s)")
+        self.epoch, self.step, self.running = self.epoch + 1, 0, (0.0, 0)
+        if output_psnr > self.best:
+            self.best = output_psnr
+            self.save("best.safetensors")
+        self.save("last.safetensors")

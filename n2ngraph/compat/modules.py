@@ -158,6 +158,9 @@ class _Parametrised(_Compiled):
                   or grad.device != value.device):
                 super().__setattr__(f"grad_{name}", torch.zeros_like(value))
 
+    def _emit(self, nodes, name, source):
+        return nodes.add(name, self.op, source, owner=self)
+
     def param(self):
         pairs = [(self.weight, self.grad_weight)]
         if self.bias is not None:
@@ -177,9 +180,6 @@ class Conv2d(_Parametrised):
                             dilation=_square(dilation, "dilation"), bias=bias)
         self._make_params(self.op)
 
-    def _emit(self, nodes, name, source):
-        return nodes.add(name, self.op, source, owner=self)
-
 
 class TransposeConv2d(_Parametrised):
     """torch's ConvTranspose2d: weight (in, out, kh, kw), with output_padding."""
@@ -192,9 +192,6 @@ class TransposeConv2d(_Parametrised):
             output_padding=_square(output_padding, "output_padding"),
             dilation=_square(dilation, "dilation"), bias=bias)
         self._make_params(self.op)
-
-    def _emit(self, nodes, name, source):
-        return nodes.add(name, self.op, source, owner=self)
 
 
 class NearestUpsampling(_Compiled):

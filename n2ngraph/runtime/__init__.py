@@ -1,7 +1,11 @@
 """The runtime: what runs a compiled plan, and everything that outlives one plan.
 
     executor.py   MemoryPlan -> Executable   (buffers allocated once, kernels bound)
+    plans.py      the pass driver: spec + kind of run + input shapes -> Compiled plan
     program.py    Program: compiles plans per input shape and runs them
+    parts.py      a training batch split across CPU threads
+    cuda_graphs.py  a training step or an inference replayed as one CUDA graph
+    state.py      parameters adopted or loaded from outside, checked against the spec
     flat.py       parameters, gradients and optimizer state packed in flat buffers
     optim.py      SGD, Adam, gradient clipping, learning-rate schedules
     init.py       initial parameters

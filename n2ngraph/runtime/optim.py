@@ -10,8 +10,12 @@ Their common interface, which the training loop and checkpoints use:
                       Python floats, or as 0-dim device tensors (``device_scalars()``,
                       refilled by ``load_device_scalars()``) so that a CUDA graph can
                       record the update once and replay it with each step's values
-    lr                the learning rate of the next step (a schedule sets it)
-    steps             updates done so far
+    recorded_update() ``update`` reading the device tensors: what a CUDA graph records
+    step_replayed(r)  one step whose update is replayed by ``r()`` (a CUDA graph)
+    set_lr(lr)        the learning rate of the next step (a schedule sets it every step)
+    lr                that learning rate (assigning it is ``set_lr``)
+    steps             updates done so far (read-only: ``step``, ``step_replayed`` and
+                      ``load_state_dict`` set it)
     state_dict()      {"steps": n, "tensors": {"exp_avg.conv1.weight": ..., ...}} (copies)
     load_state_dict() the inverse
 
@@ -26,7 +30,7 @@ run recomputes it and no scheduler state is saved.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -43,14 +47,39 @@ class _Optimizer:
     def __init__(self, params: Tensors, grads: Tensors, config: OptimizerSpec):
         self.config = config
         self.params, self.grads = params, grads
-        self.lr = config.lr
-        self.steps = 0
+        self._lr = config.lr
+        self._steps = 0
         self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # kind -> param name -> tensor
         self._device_scalars: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
 
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, lr: float) -> None:  # the README's ``prog.optimizer.lr = ...``
+        self.set_lr(lr)
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next step; a schedule sets it before every step."""
+        self._lr = lr
+
+    @property
+    def steps(self) -> int:
+        """Updates done so far: Adam's bias corrections and SGD's first step read it."""
+        return self._steps
+
     def step(self) -> None:
         self.update(*self.scalars())
-        self.steps += 1
+        self._steps += 1
+
+    def step_replayed(self, replay: Callable[[], None]) -> None:
+        """One step whose update ``replay()`` runs: a CUDA graph that recorded
+        ``recorded_update``. This step's scalars are written to the device tensors it
+        reads first, and the step counted after."""
+        self.load_device_scalars()
+        replay()
+        self._steps += 1
 
     def scalars(self) -> tuple[float, ...]:
         """The numbers this step's update uses that change from step to step."""
@@ -73,6 +102,11 @@ class _Optimizer:
         values = self._device_scalars[0]
         values.copy_(torch.tensor(self.scalars(), dtype=values.dtype))
 
+    def recorded_update(self) -> None:
+        """``update`` reading this step's scalars from ``device_scalars``, not from the
+        host: what a CUDA graph records once and replays with each step's values."""
+        self.update(*self.device_scalars())
+
     def _buffer(self, kind: str, zero: bool = False) -> dict[str, torch.Tensor]:
         self.buffers[kind] = packed_like(self.params, zero=zero)
         return self.buffers[kind]
@@ -94,7 +128,7 @@ class _Optimizer:
                 elif steps > 0:
                     raise KeyError(f"optimizer state has no '{key}' ({type(self).__name__} "
                                    f"after {steps} steps needs it)")
-        self.steps = steps
+        self._steps = steps
 
 
 class SGD(_Optimizer):

@@ -1,0 +1,91 @@
+"""The pass driver: one spec, one kind of run and one set of input shapes to a plan.
+
+    spec --graph.forward_graph--> forward graph --rewrite.rewrite--> forward graph
+         --autodiff.joint_graph--> joint graph --lower.lower--> kernels chosen for the device
+         --schedule.schedule--> Schedule --memory.plan_memory--> MemoryPlan
+         --executor.Executable--> bound kernels over preallocated buffers
+
+Every read of the compiler's graphs the runtime makes is here, so that a change to the
+graph IR changes this module and no other in the runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+import torch
+
+from ..compiler.autodiff import joint_graph
+from ..compiler.graph import Graph, forward_graph
+from ..compiler.lower import lower
+from ..compiler.memory import MemoryPlan, plan_memory
+from ..compiler.rewrite import rewrite as rewrite_graph
+from ..compiler.schedule import Schedule, schedule
+from ..compiler.spec import Spec
+from ..errors import SpecError
+from .executor import Executable
+
+Shape = tuple[int, ...]
+
+
+@attrs.frozen
+class Compiled:
+    """Every stage of one compilation, kept for inspection (tools/visualize, tests)."""
+
+    kind: str  # 'train', 'infer' or 'vjp' (a module's backward, see Program.vjp)
+    graph: Graph
+    schedule: Schedule
+    plan: MemoryPlan
+    executable: Executable
+
+    def value_shape(self, value: str) -> Shape:
+        return tuple(self.graph[value].shape)
+
+    def input_grad(self, name: str) -> str | None:
+        """The value a 'vjp' plan leaves d objective / d input ``name`` in; None when that
+        input does not reach the output."""
+        return self.graph.input_grads.get(name)
+
+
+class Planner:
+    """Compiles a spec's plans over one set of parameters, each plan writing its
+    parameter gradients where it is told (a Program's, or a batch part's own)."""
+
+    def __init__(self, spec: Spec, params: Mapping[str, torch.Tensor], *, rewrite: bool,
+                 device: torch.device, dtype: torch.dtype):
+        self.spec, self.params, self.rewrite = spec, params, rewrite
+        self.device, self.dtype = device, dtype
+
+    def compile(self, kind: str, shapes: Mapping[str, Shape],
+                grads_into: Mapping[str, torch.Tensor]) -> Compiled:
+        spec = self.spec
+        if kind == "vjp":
+            first = spec.inputs[0].name
+            graph = joint_graph(self._forward_graph(shapes, spec.output), spec.output,
+                                seed_input=True, wrt_inputs=(first,))
+            grads = graph.grads
+            external = {**self.params, **{grads[p]: grads_into[p] for p in grads}}
+            pinned = [spec.output, *graph.input_grads.values()]
+        elif kind == "train":
+            if spec.loss is None:
+                raise SpecError("the spec has no 'loss', so it cannot be trained",
+                                file=spec.file, field="loss")
+            graph = joint_graph(self._forward_graph(shapes, spec.loss), spec.loss)
+            grads = graph.grads
+            external = {**self.params, **{grads[p]: grads_into[p] for p in grads}}
+            pinned = [spec.loss]
+        else:
+            graph = self._forward_graph(shapes, spec.output)
+            external = dict(self.params)
+            pinned = [spec.output]
+        graph = lower(graph, self.device)
+        sched = schedule(graph)
+        plan = plan_memory(graph, sched, external=external, pinned=pinned,
+                           itemsize=torch.empty((), dtype=self.dtype).element_size())
+        executable = Executable(graph, sched, plan, external, device=self.device, dtype=self.dtype)
+        return Compiled(kind, graph, sched, plan, executable)
+
+    def _forward_graph(self, shapes: Mapping[str, Shape], output: str) -> Graph:
+        graph = forward_graph(self.spec, shapes, [output])
+        return rewrite_graph(graph) if self.rewrite else graph
