@@ -208,3 +208,20 @@ def test_running_a_plan_prepares_no_kernel_again(monkeypatch):
     for _ in range(2):
         prog.train_step(x, t)
         prog.forward(x)
+
+
+def test_a_compiled_graph_cannot_be_changed():
+    """Passes build new graphs; nobody edits one in place: nodes are frozen, the node map
+    is read-only, and the networkx view holds only the edges."""
+    import attrs
+
+    graph = _compiled(ROOT / "specs" / "noise2noise.yaml").graph
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        graph["conv1"].shape = (1,)
+    with pytest.raises(TypeError):
+        graph.nodes["conv1"] = graph["conv2"]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        graph.outputs = ()
+    with pytest.raises(nx.NetworkXError):
+        graph.dag.add_node("x")
+    assert all(not data for _, data in graph.dag.nodes(data=True))
