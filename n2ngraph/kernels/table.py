@@ -51,6 +51,8 @@ def side(c: Conv2d) -> str:
 
 
 def _made(kernel_class, c: Conv2d, tile: int, **extra) -> Kernel:
+    """A conv kernel for ``c``, given the tile where it runs in tiles (the output side
+    does not: its one GEMM is over the whole batch)."""
     tiled = "tile" in attrs.fields_dict(kernel_class)
     return kernel_class(c, tile, **extra) if tiled else kernel_class(c, **extra)
 
@@ -61,6 +63,7 @@ def _tile(hint: int, on_gpu: bool) -> int:
 
 
 def conv2d_kernel(c: Conv2d, method: str, on_gpu: bool = False) -> Kernel:
+    """The kernel for ``method`` of conv ``c``: its side's row of ``CONV2D_SIDES``."""
     return _conv2d(c, method, _tile(c.tile, on_gpu))
 
 
