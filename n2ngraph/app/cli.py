@@ -23,6 +23,7 @@ from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
+from .train import RunDirectoryError
 
 EXAMPLES = """\
 examples:
@@ -51,7 +52,7 @@ class UsageError(Exception):
     pass
 
 
-USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError)
+USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, RunDirectoryError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -221,6 +222,13 @@ def _finish_run(run, data, config, dtype, log=print) -> None:
     log(f"best validation PSNR {run.best:.2f} dB; weights in {run.dir / 'best.safetensors'}")
 
 
+def _train_to_end(run, data, config, dtype, args) -> int:
+    """Trains ``run`` on (to its end, or until stopped and saved); the exit status."""
+    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
+        _finish_run(run, data, config, dtype)
+    return 0
+
+
 # ---- modes -------------------------------------------------------------------------
 
 
@@ -244,15 +252,13 @@ def do_train(args) -> int:
     model = _model(spec, config, dtype, args)
     if start is not None:
         _read_params_into(model, spec, start)
-    run = Run(directory, spec, text, model, config, dtype=dtype)
-    run.create()
-    r = config.recipe
-    print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
-          f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; {data.description}"
-          + (f"; starting from the parameters in {start}" if start else ""))
-    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
-        _finish_run(run, data, config, dtype)
-    return 0
+    with Run(directory, spec, text, model, config, dtype=dtype) as run:
+        run.create()
+        r = config.recipe
+        print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
+              f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; "
+              f"{data.description}" + (f"; starting from the parameters in {start}" if start else ""))
+        return _train_to_end(run, data, config, dtype, args)
 
 
 def do_resume(args) -> int:
@@ -282,16 +288,14 @@ def do_resume(args) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     dtype = torch.float64 if config.float64 else torch.float32
     model = _model(spec, config, dtype, args)
-    run = Run(directory, spec, text, model, config, dtype=dtype)
-    run.restore()
-    if run.epoch >= config.recipe.epochs:
-        print(f"{directory}: already trained for {config.recipe.epochs} epochs")
-        return 0
-    data = prepare_data(config)
-    print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
-    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
-        _finish_run(run, data, config, dtype)
-    return 0
+    with Run(directory, spec, text, model, config, dtype=dtype) as run:
+        run.resume()
+        if run.epoch >= config.recipe.epochs:
+            print(f"{directory}: already trained for {config.recipe.epochs} epochs")
+            return 0
+        data = prepare_data(config)
+        print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
+        return _train_to_end(run, data, config, dtype, args)
 
 
 def do_eval(args) -> int:
@@ -403,10 +407,11 @@ def do_sweep(args) -> int:
     for batch in batches:
         for lr in lrs:
             config = _config(spec, args, batch=batch, lr=lr)
-            run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype, args),
-                      config, dtype=dtype, log=lambda *_: None)
-            run.create()
-            run.train(data, progress=not args.no_progress)
+            with Run(directory / f"lr{lr:g}-batch{batch}", spec, text,
+                     _model(spec, config, dtype, args), config, dtype=dtype,
+                     log=lambda *_: None) as run:
+                run.create()
+                run.train(data, progress=not args.no_progress)
             results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
             print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
 
