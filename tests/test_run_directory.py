@@ -1,7 +1,8 @@
 """Run directories under crashes and misuse: a real training process killed with SIGKILL
 at many points (while its directory is made, mid-epoch, while a checkpoint is written,
 between the checkpoint and metrics.csv) always resumes, ends with an uninterrupted run's
-weights bit for bit and one metrics row per epoch; one process trains a run at a time.
+weights bit for bit and one metrics row per epoch; one process trains a run at a time;
+a signal that stops training gives the shell's exit status.
 
 The crashes happen at named points (fileio.fault_point): the process signals itself
 there, so each one is exact and the test does not depend on timing.
@@ -95,7 +96,7 @@ def test_a_run_killed_anywhere_resumes_bit_identically(reference, tmp_path, caps
         if paused.poll() is None:  # a failed check above: leave no frozen process behind
             paused.kill()
             paused.communicate()
-    assert code == 0 and "continue with --resume" in output, output
+    assert code == 143 and "continue with --resume" in output, output
 
     _killed_at(resume, "rename:best.safetensors")  # end of epoch 1, mid-checkpoint
     assert list(run.glob(".best.safetensors.*.tmp")) and not (run / "metrics.csv").exists()
@@ -136,3 +137,23 @@ def test_metrics_of_an_older_checkpoint_are_cut_to_its_epochs(reference, tmp_pat
     assert _metrics(run, "epoch") == ["1", "2"]
     assert _metrics(run, "train_loss") == _metrics(reference, "train_loss")
 
+
+def test_a_signal_stops_a_sweep_with_the_shells_status(tmp_path, monkeypatch, capsys):
+    """SIGTERM during a sweep's first run stops the sweep (exit 143), not just that run
+    to go on with the next one."""
+    from n2ngraph.runtime.program import Program
+
+    original, steps = Program.train_step, []
+
+    def step_then_signal(self, *inputs):
+        steps.append(original(self, *inputs))
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return steps[-1]
+
+    monkeypatch.setattr(Program, "train_step", step_then_signal)
+    sweep = tmp_path / "sweep"
+    assert main([SPEC, "--sweep", "--run", str(sweep), "--lrs", "0.1,1", "--batches", "4",
+                 *TINY]) == 128 + signal.SIGTERM
+    assert [p.name for p in sweep.iterdir()] == ["lr0.1-batch4"] and len(steps) == 2
+    assert "sweep stopped by SIGTERM" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from datetime import datetime
@@ -45,6 +46,9 @@ and validation); a folder of png/jpg photos; or the course's train_data.pkl (two
 N x 3 x 32 x 32 tensors, noisy input and noisy target; a val_data.pkl beside it, noisy
 and clean, is used for validation). Noise (--noise): gaussian:SIGMA (0-255 scale),
 poisson:PEAK, bernoulli:P, none; results are quantised to 8 bits like real photos.
+
+exit status: 0 done (or stopped by --max-steps), 2 bad input, 130 stopped by Ctrl-C,
+143 by SIGTERM (after saving a checkpoint that --resume continues)
 """
 
 
@@ -223,10 +227,12 @@ def _finish_run(run, data, config, dtype, log=print) -> None:
 
 
 def _train_to_end(run, data, config, dtype, args) -> int:
-    """Trains ``run`` on (to its end, or until stopped and saved); the exit status."""
+    """Trains ``run`` on and returns the exit status: 0 when it finished or stopped at
+    --max-steps; 128 + the signal's number when Ctrl-C (130) or SIGTERM (143) stopped it
+    after saving, as a shell reports a process a signal ended, so ``train && eval`` stops."""
     if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
         _finish_run(run, data, config, dtype)
-    return 0
+    return 128 + run.stopped_by if run.stopped_by else 0
 
 
 # ---- modes -------------------------------------------------------------------------
@@ -412,6 +418,10 @@ def do_sweep(args) -> int:
                      log=lambda *_: None) as run:
                 run.create()
                 run.train(data, progress=not args.no_progress)
+            if run.stopped_by:  # Ctrl-C or SIGTERM stops the sweep, not just this run
+                print(f"sweep stopped by {signal.Signals(run.stopped_by).name} during lr {lr:g}, "
+                      f"batch {batch}; its runs so far are in {directory}", file=sys.stderr)
+                return 128 + run.stopped_by
             results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
             print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
 

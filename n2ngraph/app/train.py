@@ -167,12 +167,14 @@ class StopRequests:
 
     def __init__(self):
         self.requested: str | None = None
+        self.signum: int | None = None
         self._previous: dict = {}
 
     def _handle(self, signum, _frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = self.SIGNALS[signum]
+        self.signum = signum
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -237,6 +239,7 @@ class Run:
         self.epoch, self.step, self.best = 0, 0, float("-inf")
         self.running = (0.0, 0)  # (sum of losses, steps) of the current epoch
         self.rows: list[dict] = []  # metrics.csv: a row per finished epoch
+        self.stopped_by: int | None = None  # the signal that stopped train(), if one did
         self._lock = None
 
     def __enter__(self) -> "Run":
@@ -346,15 +349,17 @@ class Run:
     # ---- the loop --------------------------------------------------------------
     def train(self, data: Data, *, max_steps: int | None = None, progress: bool = True) -> bool:
         """Trains to the configured epoch count; returns False if stopped early
-        (``max_steps`` reached, Ctrl-C or SIGTERM), after saving a resumable checkpoint."""
+        (``max_steps`` reached, Ctrl-C or SIGTERM: then ``stopped_by`` is the signal),
+        after saving a resumable checkpoint."""
         fault_point("train")
         with StopRequests() as stop:
             return self._train(data, max_steps, progress, stop)
 
-    def _stop(self, why: str) -> bool:
+    def _stop(self, stop: "StopRequests") -> bool:
         self.save("last.safetensors")
-        self.log(f"{why}: saved {self.dir / 'last.safetensors'} at epoch {self.epoch + 1}, "
-                 f"step {self.step}; continue with --resume {self.dir}")
+        self.stopped_by = stop.signum
+        self.log(f"stopped by {stop.requested}: saved {self.dir / 'last.safetensors'} at epoch "
+                 f"{self.epoch + 1}, step {self.step}; continue with --resume {self.dir}")
         return False
 
     def _train(self, data: Data, max_steps: int | None, progress: bool, stop: "StopRequests") -> bool:
@@ -387,13 +392,13 @@ class Run:
                     steps_done += 1
                     if stop.requested:
                         bar.close()
-                        return self._stop(f"stopped by {stop.requested}")
+                        return self._stop(stop)
                     if max_steps is not None and steps_done >= max_steps:
                         self.save("last.safetensors")
                         return False
             self._end_epoch(data, time.perf_counter() - started, per_epoch - first_step)
             if stop.requested and self.epoch < r.epochs:
-                return self._stop(f"stopped by {stop.requested}")
+                return self._stop(stop)
         return True
 
     def _step(self, batch_a: torch.Tensor, batch_b: torch.Tensor, per_epoch: int) -> None:
