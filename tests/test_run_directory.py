@@ -2,7 +2,8 @@
 at many points (while its directory is made, mid-epoch, while a checkpoint is written,
 between the checkpoint and metrics.csv) always resumes, ends with an uninterrupted run's
 weights bit for bit and one metrics row per epoch; one process trains a run at a time;
-a signal that stops training gives the shell's exit status.
+signals give the shell's exit statuses; spec names, --max-steps and specs given with
+--resume cannot do what they should not.
 
 The crashes happen at named points (fileio.fault_point): the process signals itself
 there, so each one is exact and the test does not depend on timing.
@@ -136,6 +137,50 @@ def test_metrics_of_an_older_checkpoint_are_cut_to_its_epochs(reference, tmp_pat
     assert main(["--resume", str(run), "--no-progress"]) == 0
     assert _metrics(run, "epoch") == ["1", "2"]
     assert _metrics(run, "train_loss") == _metrics(reference, "train_loss")
+
+
+def _fails(capsys, argv, *needles) -> None:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_a_spec_name_never_moves_the_run_out_of_runs(tmp_path, monkeypatch):
+    spec = tmp_path / "specs" / "escape.yaml"
+    spec.parent.mkdir()
+    spec.write_text((ROOT / "specs" / "noise2noise.yaml").read_text().replace(
+        "name: noise2noise", 'name: "../../x/../y"', 1))
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert main([str(spec), "--train", *TINY, "--max-steps", "1"]) == 0
+    made = list((work / "runs").iterdir())
+    assert len(made) == 1 and made[0].name.startswith("_.._x_.._y-"), made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["specs", "work"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["here"]
+
+
+def test_max_steps_must_be_positive(tmp_path, capsys):
+    for steps in ("0", "-3"):
+        _fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), *TINY, "--max-steps", steps],
+               "--max-steps", steps)
+        _fails(capsys, ["--resume", str(tmp_path / "r"), "--max-steps", steps], "--max-steps")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_spec_given_with_resume_must_be_the_runs(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main([SPEC, "--train", "--run", str(run), *TINY, "--max-steps", "1"]) == 0
+    before = (run / "last.safetensors").read_bytes()
+    other = str(ROOT / "specs" / "skipnet.yaml")
+    _fails(capsys, [other, "--resume", str(run)], "skipnet.yaml", "differs", "spec.yaml")
+    _fails(capsys, [str(tmp_path / "gone.yaml"), "--resume", str(run)], "gone.yaml")
+    assert (run / "last.safetensors").read_bytes() == before
+    assert main([SPEC, "--resume", str(run), "--max-steps", "1", "--no-progress"]) == 0
+    assert load_checkpoint(run / "last.safetensors")[2]["step"] == 2
 
 
 def test_a_signal_stops_a_sweep_with_the_shells_status(tmp_path, monkeypatch, capsys):

@@ -24,6 +24,7 @@ from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
+from .fileio import safe_component
 from .train import RunDirectoryError
 
 EXAMPLES = """\
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--from-weights", metavar="FILE|RUNDIR|shipped",
                    help="start from these parameters instead of fresh ones (fine-tuning): a "
                         "checkpoint, a run's best one, or 'shipped' for the spec's shipped weights")
-    r.add_argument("--max-steps", type=int, help="stop after this many steps, resumable")
+    r.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop after N >= 1 steps, resumable (with --resume: N more)")
     r.add_argument("--lrs", default="0.001,0.01,0.1,0.5,1,1.5,2", help="sweep learning rates")
     r.add_argument("--batches", default="4,12,24,48", help="sweep batch sizes")
     d = p.add_argument_group("data and devices")
@@ -184,6 +186,17 @@ def _model(spec: Spec, config, dtype, args):
                    cuda_graphs=args.cuda_graphs)
 
 
+def _default_run(spec: Spec, kind: str = "") -> Path:
+    """runs/<name><kind>-<time>, the name made one safe path component: a spec's name
+    (``../../x``) never puts a run outside runs/."""
+    return Path("runs") / f"{safe_component(spec.name)}{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _check_max_steps(args) -> None:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+
+
 def _weights_file(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -241,8 +254,9 @@ def _train_to_end(run, data, config, dtype, args) -> int:
 def do_train(args) -> int:
     from .train import Run, prepare_data
 
+    _check_max_steps(args)
     spec, text = _spec(args)
-    directory = Path(args.run or f"runs/{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    directory = Path(args.run) if args.run else _default_run(spec)
     if directory.exists():
         raise UsageError(f"run directory {directory} already exists: continue it with "
                          f"--resume {directory}, or choose another --run")
@@ -271,11 +285,14 @@ def do_resume(args) -> int:
     from .config import TrainConfig
     from .train import Run, prepare_data
 
+    _check_max_steps(args)
     directory = Path(args.resume)
     config_path, spec_path = directory / "config.json", directory / "spec.yaml"
     for path in (config_path, spec_path):
         if not path.is_file():
             raise UsageError(f"{path}: missing; is {directory} a run directory?")
+    if args.spec:
+        _check_resumed_spec(args.spec, spec_path)
     try:
         record = json.loads(config_path.read_text())
     except ValueError as e:
@@ -302,6 +319,18 @@ def do_resume(args) -> int:
         data = prepare_data(config)
         print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
         return _train_to_end(run, data, config, dtype, args)
+
+
+def _check_resumed_spec(given: str, recorded: Path) -> None:
+    """A resumed run trains the spec it started with (its spec.yaml): a spec given with
+    --resume must be that one, not silently ignored."""
+    try:
+        same = Path(given).read_bytes() == recorded.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{given}: cannot read spec ({e.strerror})") from None
+    if not same:
+        raise UsageError(f"{given} differs from {recorded}, the spec the run was started with; "
+                         f"--resume continues that one: leave the spec out")
 
 
 def do_eval(args) -> int:
@@ -404,7 +433,7 @@ def do_sweep(args) -> int:
         batches = [int(v) for v in args.batches.split(",")]
     except ValueError:
         raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
-    directory = Path(args.run or f"runs/{spec.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
+    directory = Path(args.run) if args.run else _default_run(spec, "-sweep")
     if directory.exists():
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")
     dtype = _dtype(args)

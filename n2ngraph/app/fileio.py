@@ -12,6 +12,7 @@ import fcntl
 import functools
 import glob
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -145,3 +146,10 @@ def _remove_abandoned(directory: Path) -> None:
             continue
         shutil.rmtree(temp, ignore_errors=True)
 
+
+def safe_component(name: str, limit: int = 64) -> str:
+    """``name`` as one harmless path component, for names that come from a spec: ASCII
+    letters, digits, '.', '-' and '_' kept, anything else (a '/', a NUL) as '_', no
+    leading dot (so never '..' or hidden), at most ``limit`` characters."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:limit]
+    return safe or "run"
