@@ -281,6 +281,9 @@ class Run:
             holder = f" (pid {e.args[0]})" if e.args[0] else ""
             raise RunDirectoryError(f"{self.dir} is being trained by another process{holder}; "
                                     f"wait for it to stop, or stop it") from None
+        except OSError as e:  # a read-only directory: no checkpoint could be saved either
+            raise RunDirectoryError(f"{self.dir}: cannot lock the run to train it "
+                                    f"({e.strerror or e})") from None
         stale = remove_stale_temps(self.dir)
         if stale:
             self.log(f"removed {len(stale)} unfinished temp file(s) a killed run left in {self.dir}")
