@@ -93,7 +93,7 @@ def test_a_signal_stops_after_the_step_and_resumes_bit_identically(trained, tmp_
     run = tmp_path / "killed"
     with monkeypatch.context() as patched:
         patched.setattr(Program, "train_step", step_then_signal)
-        assert _train(run) == 0
+        assert _train(run) == 128 + signum  # 143, 130: a shell's `train && eval` stops
     _, _, state, _ = load_checkpoint(run / "last.safetensors")
     assert (state["epoch"], state["step"]) == (0, 3)
     assert "continue with --resume" in capsys.readouterr().out

@@ -6,5 +6,5 @@
     data.py         training pairs, validation sets, noise models
     images.py       photos in and out, denoising large photos in tiles
     checkpoint.py   safetensors checkpoints;  pretrained.py  the shipped weights
-    metrics.py, plots.py, fileio.py   PSNR, figures, atomic writes
+    metrics.py, plots.py, fileio.py   PSNR, figures, atomic writes and run-directory locks
 """

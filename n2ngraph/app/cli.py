@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from datetime import datetime
@@ -23,6 +24,8 @@ from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
+from .fileio import safe_component
+from .train import RunDirectoryError
 
 EXAMPLES = """\
 examples:
@@ -44,6 +47,9 @@ and validation); a folder of png/jpg photos; or the course's train_data.pkl (two
 N x 3 x 32 x 32 tensors, noisy input and noisy target; a val_data.pkl beside it, noisy
 and clean, is used for validation). Noise (--noise): gaussian:SIGMA (0-255 scale),
 poisson:PEAK, bernoulli:P, none; results are quantised to 8 bits like real photos.
+
+exit status: 0 done (or stopped by --max-steps), 2 bad input, 130 stopped by Ctrl-C,
+143 by SIGTERM (after saving a checkpoint that --resume continues)
 """
 
 
@@ -51,7 +57,7 @@ class UsageError(Exception):
     pass
 
 
-USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError)
+USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, RunDirectoryError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--from-weights", metavar="FILE|RUNDIR|shipped",
                    help="start from these parameters instead of fresh ones (fine-tuning): a "
                         "checkpoint, a run's best one, or 'shipped' for the spec's shipped weights")
-    r.add_argument("--max-steps", type=int, help="stop after this many steps, resumable")
+    r.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop after N >= 1 steps, resumable (with --resume: N more)")
     r.add_argument("--lrs", default="0.001,0.01,0.1,0.5,1,1.5,2", help="sweep learning rates")
     r.add_argument("--batches", default="4,12,24,48", help="sweep batch sizes")
     d = p.add_argument_group("data and devices")
@@ -179,6 +186,17 @@ def _model(spec: Spec, config, dtype, args):
                    cuda_graphs=args.cuda_graphs)
 
 
+def _default_run(spec: Spec, kind: str = "") -> Path:
+    """runs/<name><kind>-<time>, the name made one safe path component: a spec's name
+    (``../../x``) never puts a run outside runs/."""
+    return Path("runs") / f"{safe_component(spec.name)}{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _check_max_steps(args) -> None:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+
+
 def _weights_file(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -221,14 +239,24 @@ def _finish_run(run, data, config, dtype, log=print) -> None:
     log(f"best validation PSNR {run.best:.2f} dB; weights in {run.dir / 'best.safetensors'}")
 
 
+def _train_to_end(run, data, config, dtype, args) -> int:
+    """Trains ``run`` on and returns the exit status: 0 when it finished or stopped at
+    --max-steps; 128 + the signal's number when Ctrl-C (130) or SIGTERM (143) stopped it
+    after saving, as a shell reports a process a signal ended, so ``train && eval`` stops."""
+    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
+        _finish_run(run, data, config, dtype)
+    return 128 + run.stopped_by if run.stopped_by else 0
+
+
 # ---- modes -------------------------------------------------------------------------
 
 
 def do_train(args) -> int:
     from .train import Run, prepare_data
 
+    _check_max_steps(args)
     spec, text = _spec(args)
-    directory = Path(args.run or f"runs/{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    directory = Path(args.run) if args.run else _default_run(spec)
     if directory.exists():
         raise UsageError(f"run directory {directory} already exists: continue it with "
                          f"--resume {directory}, or choose another --run")
@@ -244,26 +272,27 @@ def do_train(args) -> int:
     model = _model(spec, config, dtype, args)
     if start is not None:
         _read_params_into(model, spec, start)
-    run = Run(directory, spec, text, model, config, dtype=dtype)
-    run.create()
-    r = config.recipe
-    print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
-          f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; {data.description}"
-          + (f"; starting from the parameters in {start}" if start else ""))
-    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
-        _finish_run(run, data, config, dtype)
-    return 0
+    with Run(directory, spec, text, model, config, dtype=dtype) as run:
+        run.create()
+        r = config.recipe
+        print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
+              f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; "
+              f"{data.description}" + (f"; starting from the parameters in {start}" if start else ""))
+        return _train_to_end(run, data, config, dtype, args)
 
 
 def do_resume(args) -> int:
     from .config import TrainConfig
     from .train import Run, prepare_data
 
+    _check_max_steps(args)
     directory = Path(args.resume)
     config_path, spec_path = directory / "config.json", directory / "spec.yaml"
     for path in (config_path, spec_path):
         if not path.is_file():
             raise UsageError(f"{path}: missing; is {directory} a run directory?")
+    if args.spec:
+        _check_resumed_spec(args.spec, spec_path)
     try:
         record = json.loads(config_path.read_text())
     except ValueError as e:
@@ -282,16 +311,26 @@ def do_resume(args) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     dtype = torch.float64 if config.float64 else torch.float32
     model = _model(spec, config, dtype, args)
-    run = Run(directory, spec, text, model, config, dtype=dtype)
-    run.restore()
-    if run.epoch >= config.recipe.epochs:
-        print(f"{directory}: already trained for {config.recipe.epochs} epochs")
-        return 0
-    data = prepare_data(config)
-    print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
-    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
-        _finish_run(run, data, config, dtype)
-    return 0
+    with Run(directory, spec, text, model, config, dtype=dtype) as run:
+        run.resume()
+        if run.epoch >= config.recipe.epochs:
+            print(f"{directory}: already trained for {config.recipe.epochs} epochs")
+            return 0
+        data = prepare_data(config)
+        print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
+        return _train_to_end(run, data, config, dtype, args)
+
+
+def _check_resumed_spec(given: str, recorded: Path) -> None:
+    """A resumed run trains the spec it started with (its spec.yaml): a spec given with
+    --resume must be that one, not silently ignored."""
+    try:
+        same = Path(given).read_bytes() == recorded.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{given}: cannot read spec ({e.strerror})") from None
+    if not same:
+        raise UsageError(f"{given} differs from {recorded}, the spec the run was started with; "
+                         f"--resume continues that one: leave the spec out")
 
 
 def do_eval(args) -> int:
@@ -394,7 +433,7 @@ def do_sweep(args) -> int:
         batches = [int(v) for v in args.batches.split(",")]
     except ValueError:
         raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
-    directory = Path(args.run or f"runs/{spec.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
+    directory = Path(args.run) if args.run else _default_run(spec, "-sweep")
     if directory.exists():
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")
     dtype = _dtype(args)
@@ -403,10 +442,15 @@ def do_sweep(args) -> int:
     for batch in batches:
         for lr in lrs:
             config = _config(spec, args, batch=batch, lr=lr)
-            run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype, args),
-                      config, dtype=dtype, log=lambda *_: None)
-            run.create()
-            run.train(data, progress=not args.no_progress)
+            with Run(directory / f"lr{lr:g}-batch{batch}", spec, text,
+                     _model(spec, config, dtype, args), config, dtype=dtype,
+                     log=lambda *_: None) as run:
+                run.create()
+                run.train(data, progress=not args.no_progress)
+            if run.stopped_by:  # Ctrl-C or SIGTERM stops the sweep, not just this run
+                print(f"sweep stopped by {signal.Signals(run.stopped_by).name} during lr {lr:g}, "
+                      f"batch {batch}; its runs so far are in {directory}", file=sys.stderr)
+                return 128 + run.stopped_by
             results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
             print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
 

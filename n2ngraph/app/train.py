@@ -5,9 +5,15 @@ A run directory holds everything a run produced and everything needed to continu
     config.json        the settings used (spec recipe + command-line overrides)
     spec.yaml          the spec text, as trained
     metrics.csv        one row per epoch: loss, validation PSNR, time, throughput
-    last.safetensors   parameters + optimizer state + position (epoch, step)
+    last.safetensors   parameters + optimizer state + position (epoch, step) + metrics
     best.safetensors   parameters of the epoch with the best validation PSNR
     *.png              plots (loss and PSNR per epoch, example denoisings)
+    .lock              locked by the process training the run, so there is only one
+
+The directory appears whole, with ``last.safetensors`` at the starting point, before the
+first step: a run killed at any moment resumes. ``last.safetensors`` is the truth;
+``metrics.csv`` is written from it after it is saved (and again on resume), so a kill
+between the two never repeats or loses an epoch's row.
 
 Every epoch's data and order are derived from (seed, epoch) alone, and every step's
 learning rate from its index (optim.learning_rate), so resuming from a checkpoint that
@@ -35,7 +41,8 @@ from ..runtime.optim import learning_rate
 from . import data as datasets
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .fileio import write_atomic
+from .fileio import (DirectoryBusy, created_whole, fault_point, lock_directory,
+                     remove_stale_temps, write_atomic)
 from .images import self_ensemble
 from .metrics import psnr
 
@@ -160,12 +167,14 @@ class StopRequests:
 
     def __init__(self):
         self.requested: str | None = None
+        self.signum: int | None = None
         self._previous: dict = {}
 
     def _handle(self, signum, _frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = self.SIGNALS[signum]
+        self.signum = signum
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -210,8 +219,16 @@ class EpochData:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class RunDirectoryError(Exception):
+    """A run directory that cannot be used now: another process trains it, it has no
+    checkpoint, or it appeared while this run was being created."""
+
+
 class Run:
-    """One training run in its directory; ``train()`` continues from wherever it is."""
+    """One training run in its directory; ``train()`` continues from wherever it is.
+
+    ``create()`` or ``resume()`` takes the directory's lock, held until ``close()`` (or the
+    end of a ``with`` block, or of the process)."""
 
     def __init__(self, directory: Path, spec: Spec, spec_text: str, model, config: TrainConfig,
                  *, dtype=torch.float32, log=print):
@@ -221,19 +238,71 @@ class Run:
         self.log = log
         self.epoch, self.step, self.best = 0, 0, float("-inf")
         self.running = (0.0, 0)  # (sum of losses, steps) of the current epoch
+        self.rows: list[dict] = []  # metrics.csv: a row per finished epoch
+        self.stopped_by: int | None = None  # the signal that stopped train(), if one did
+        self._lock = None
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # ---- files -----------------------------------------------------------------
     def create(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=False)
-        write_atomic(self.dir / "config.json",
-                     lambda t: Path(t).write_text(json.dumps(self.config.record(), indent=2)))
-        write_atomic(self.dir / "spec.yaml", lambda t: Path(t).write_text(self.spec_text))
+        """Makes the run directory whole or not at all: config.json, spec.yaml and the
+        starting checkpoint, written beside it and renamed into place. A kill before the
+        first step then leaves a run ``--resume`` continues, from parameters (fresh or
+        ``--from-weights``) recorded bit for bit rather than drawn or read again."""
+        try:
+            with created_whole(self.dir) as (temp, self._lock):
+                write_atomic(temp / "config.json", lambda t: Path(t).write_text(
+                    json.dumps(self.config.record(), indent=2)))
+                write_atomic(temp / "spec.yaml", lambda t: Path(t).write_text(self.spec_text))
+                self._checkpoint(temp / "last.safetensors")
+        except FileExistsError:
+            raise RunDirectoryError(f"run directory {self.dir} already exists: continue it "
+                                    f"with --resume {self.dir}, or choose another --run") from None
+        except OSError as e:
+            raise RunDirectoryError(f"cannot create run directory {self.dir}: "
+                                    f"{e.strerror or e}") from None
+
+    def resume(self) -> None:
+        """Takes the directory's lock, removes the temp files a killed process left, and
+        restores the run from ``last.safetensors``, metrics.csv included."""
+        try:
+            self._lock = lock_directory(self.dir)
+        except DirectoryBusy as e:
+            holder = f" (pid {e.args[0]})" if e.args[0] else ""
+            raise RunDirectoryError(f"{self.dir} is being trained by another process{holder}; "
+                                    f"wait for it to stop, or stop it") from None
+        except OSError as e:  # a read-only directory: no checkpoint could be saved either
+            raise RunDirectoryError(f"{self.dir}: cannot lock the run to train it "
+                                    f"({e.strerror or e})") from None
+        stale = remove_stale_temps(self.dir)
+        if stale:
+            self.log(f"removed {len(stale)} unfinished temp file(s) a killed run left in {self.dir}")
+        if not (self.dir / "last.safetensors").is_file():
+            raise RunDirectoryError(f"{self.dir}: no last.safetensors to resume from (a run "
+                                    f"stopped before its first step by an n2ngraph older than "
+                                    f"this one); train it again with --train and another --run")
+        self.restore()
+        self._write_metrics()
 
     def save(self, name: str) -> None:
+        self._checkpoint(self.dir / name)
+
+    def _checkpoint(self, path: Path) -> None:
         optimizer = self.model.optimizer.state_dict()
         state = {"epoch": self.epoch, "step": self.step, "best": self.best,
-                 "running": list(self.running), "optimizer_steps": optimizer["steps"]}
-        save_checkpoint(self.dir / name, self.model.state_dict(), spec_text=self.spec_text,
+                 "running": list(self.running), "optimizer_steps": optimizer["steps"],
+                 "metrics": self.rows}
+        save_checkpoint(path, self.model.state_dict(), spec_text=self.spec_text,
                         state=state, optimizer=optimizer["tensors"])
 
     def restore(self) -> None:
@@ -249,34 +318,51 @@ class Run:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = state["best"]
         self.running = tuple(state["running"])
+        if "metrics" in state:
+            self.rows = state["metrics"]
+        else:  # a checkpoint of an older n2ngraph: the csv's rows of the epochs it holds
+            self.rows = self._read_metrics()[:self.epoch]
 
-    def _record(self, row: dict) -> None:
-        path = self.dir / "metrics.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def metrics(self) -> list[dict]:
+    def _read_metrics(self) -> list[dict]:
         path = self.dir / "metrics.csv"
         if not path.exists():
             return []
         with path.open() as f:
             return list(csv.DictReader(f))
 
+    def _write_metrics(self) -> None:
+        """metrics.csv as the rows the run holds, replaced whole: written after the
+        checkpoint that holds them, it never has a row ``last.safetensors`` lacks."""
+        path = self.dir / "metrics.csv"
+        if not self.rows:
+            path.unlink(missing_ok=True)
+            return
+
+        def write(temp: str) -> None:
+            with open(temp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        write_atomic(path, write)
+
+    def metrics(self) -> list[dict]:
+        return list(self.rows)
+
     # ---- the loop --------------------------------------------------------------
     def train(self, data: Data, *, max_steps: int | None = None, progress: bool = True) -> bool:
         """Trains to the configured epoch count; returns False if stopped early
-        (``max_steps`` reached, Ctrl-C or SIGTERM), after saving a resumable checkpoint."""
+        (``max_steps`` reached, Ctrl-C or SIGTERM: then ``stopped_by`` is the signal),
+        after saving a resumable checkpoint."""
+        fault_point("train")
         with StopRequests() as stop:
             return self._train(data, max_steps, progress, stop)
 
-    def _stop(self, why: str) -> bool:
+    def _stop(self, stop: "StopRequests") -> bool:
         self.save("last.safetensors")
-        self.log(f"{why}: saved {self.dir / 'last.safetensors'} at epoch {self.epoch + 1}, "
-                 f"step {self.step}; continue with --resume {self.dir}")
+        self.stopped_by = stop.signum
+        self.log(f"stopped by {stop.requested}: saved {self.dir / 'last.safetensors'} at epoch "
+                 f"{self.epoch + 1}, step {self.step}; continue with --resume {self.dir}")
         return False
 
     def _train(self, data: Data, max_steps: int | None, progress: bool, stop: "StopRequests") -> bool:
@@ -300,6 +386,7 @@ class Run:
             with bar:
                 for batch_a, batch_b in stream:
                     self._step(batch_a, batch_b, per_epoch)
+                    fault_point("step")
                     bar.update(1)
                     if self.step % 50 == 0:
                         rate = bar.format_dict["rate"] or 0
@@ -308,13 +395,13 @@ class Run:
                     steps_done += 1
                     if stop.requested:
                         bar.close()
-                        return self._stop(f"stopped by {stop.requested}")
+                        return self._stop(stop)
                     if max_steps is not None and steps_done >= max_steps:
                         self.save("last.safetensors")
                         return False
             self._end_epoch(data, time.perf_counter() - started, per_epoch - first_step)
             if stop.requested and self.epoch < r.epochs:
-                return self._stop(f"stopped by {stop.requested}")
+                return self._stop(stop)
         return True
 
     def _step(self, batch_a: torch.Tensor, batch_b: torch.Tensor, per_epoch: int) -> None:
@@ -332,7 +419,8 @@ class Run:
 
     def _end_epoch(self, data: Data, seconds: float, steps: int) -> None:
         """Validates, records and logs the epoch that ``steps`` steps in ``seconds``
-        finished, then moves to the next one, saving the checkpoints."""
+        finished, then moves to the next one, saving the checkpoints and then the metrics
+        from them (a kill between the two: ``resume`` writes the metrics again)."""
         r = self.config.recipe
         input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
                                            device=self.config.device, dtype=self.dtype)
@@ -341,13 +429,14 @@ class Run:
         row = {"epoch": self.epoch + 1, "train_loss": f"{total / max(count, 1):.6f}",
                "val_psnr": f"{output_psnr:.4f}", "input_psnr": f"{input_psnr:.4f}",
                "seconds": f"{seconds:.1f}", "samples_per_s": f"{throughput:.0f}"}
-        self._record(row)
         self.log(f"epoch {self.epoch + 1}/{r.epochs}: loss {row['train_loss']}, "
                  f"lr {self.model.optimizer.lr:.3g}, validation "
                  f"{input_psnr:.2f} dB -> {output_psnr:.2f} dB, {seconds:.0f} s "
                  f"({row['samples_per_s']} samples/s)")
+        self.rows = [*self.rows, row]
         self.epoch, self.step, self.running = self.epoch + 1, 0, (0.0, 0)
         if output_psnr > self.best:
             self.best = output_psnr
             self.save("best.safetensors")
         self.save("last.safetensors")
+        self._write_metrics()
