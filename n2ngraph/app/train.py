@@ -33,7 +33,8 @@ import torch
 from ..compiler.spec import Spec
 from ..runtime.optim import learning_rate
 from . import data as datasets
-from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_loadable, check_params_fit, load_checkpoint,
+                         save_checkpoint)
 from .config import TrainConfig
 from .fileio import write_atomic
 from .images import self_ensemble
@@ -240,6 +241,7 @@ class Run:
         path = self.dir / "last.safetensors"
         params, buffers, state, _ = load_checkpoint(path)
         check_params_fit(path, params, self.model.state_dict(), self.spec.name)
+        check_loadable(path, buffers)
         self.model.load_state_dict(params)
         try:
             self.model.optimizer.load_state_dict({"steps": state["optimizer_steps"],
