@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from datetime import datetime
@@ -54,6 +55,18 @@ class UsageError(Exception):
 USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError)
 
 
+def finite_float(text: str) -> float:
+    """A float option's value: a finite number ('nan' and 'inf' parse, but no setting
+    means them), else argparse's one-line error, exit status 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m n2ngraph.run", epilog=EXAMPLES,
                                 description="Train and use Noise2Noise denoisers compiled by n2ngraph.",
@@ -73,12 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("training (defaults: the spec's train: recipe)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch", type=int)
-    r.add_argument("--lr", type=float, help="learning rate (with --optimizer: its default)")
+    r.add_argument("--lr", type=finite_float, help="learning rate (with --optimizer: its default)")
     r.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help="another optimizer than the spec's, with its default settings")
     r.add_argument("--schedule", choices=list(SCHEDULES),
                    help="another learning-rate schedule than the spec's, with its defaults")
-    r.add_argument("--clip-grad-norm", type=float, metavar="X",
+    r.add_argument("--clip-grad-norm", type=finite_float, metavar="X",
                    help="rescale gradients to global L2 norm <= X (0: no clipping)")
     r.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="random flips and 90-degree rotations of the training pairs")
@@ -152,8 +165,9 @@ def _config(spec: Spec, args, **extra):
     pairs = args.pairs or spec.train.pairs
     if batch > pairs:
         raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
-    if args.lr is not None and args.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
+    lr = extra.get("lr", args.lr)  # a --sweep's learning rate, or --lr
+    if lr is not None and not lr > 0:
+        raise UsageError(f"{'--lrs' if 'lr' in extra else '--lr'} must be positive, got {lr:g}")
     if args.clip_grad_norm is not None and not args.clip_grad_norm >= 0:
         raise UsageError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
     try:
@@ -390,10 +404,13 @@ def do_sweep(args) -> int:
 
     spec, text = _spec(args)
     try:
-        lrs = [float(v) for v in args.lrs.split(",")]
+        lrs = [finite_float(v) for v in args.lrs.split(",")]
         batches = [int(v) for v in args.batches.split(",")]
-    except ValueError:
-        raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UsageError("--lrs and --batches are comma-separated finite numbers, e.g. "
+                         "--lrs 0.1,1") from None
+    for lr in lrs:
+        _config(spec, args, lr=lr)  # every learning rate checked before the first run
     directory = Path(args.run or f"runs/{spec.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     if directory.exists():
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")

@@ -62,6 +62,8 @@ class _Optimizer:
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next step; a schedule sets it before every step."""
+        if not math.isfinite(lr):
+            raise ValueError(f"the learning rate must be a finite number, got {lr}")
         self._lr = lr
 
     @property
