@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..runtime.divergence import first_nonfinite_tensor
 from ..runtime.state import mismatched_keys, unloadable
 from .fileio import write_atomic
 
@@ -33,6 +34,9 @@ def save_checkpoint(path: Path, params: dict[str, torch.Tensor], *, spec_text: s
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     for k, v in (optimizer or {}).items():
         tensors[OPTIMIZER + k] = v.detach().to("cpu").contiguous()
+    bad = first_nonfinite_tensor(tensors)  # the training loop stops first; this is the last guard
+    if bad is not None:
+        raise CheckpointError(f"{path}: not written: '{bad}' holds nan or inf values")
     metadata = {"format": "n2ngraph-checkpoint-1", "spec": spec_text,
                 "state": json.dumps(state or {})}
     write_atomic(path, lambda temp: save_file(tensors, temp, metadata=metadata))

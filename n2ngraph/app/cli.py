@@ -2,7 +2,9 @@
 
 Every user error (a bad spec, image, pkl, weights file, option or run directory) is one
 line on stderr naming the file and the problem, exit status 2, and nothing on disk is
-overwritten or left half-written.
+overwritten or left half-written. A training run whose loss or gradients go nan or inf
+stops with one line naming the step and the first value that did, exit status 3,
+keeping the checkpoints it wrote before.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
+from .train import TrainingDiverged
 
 EXAMPLES = """\
 examples:
@@ -45,6 +48,9 @@ and validation); a folder of png/jpg photos; or the course's train_data.pkl (two
 N x 3 x 32 x 32 tensors, noisy input and noisy target; a val_data.pkl beside it, noisy
 and clean, is used for validation). Noise (--noise): gaussian:SIGMA (0-255 scale),
 poisson:PEAK, bernoulli:P, none; results are quantised to 8 bits like real photos.
+
+exit status: 0 done (or stopped, resumable), 2 bad input, 3 training diverged (its loss
+or gradients went nan or inf; the checkpoints written before are kept), 130 interrupted.
 """
 
 
@@ -53,6 +59,7 @@ class UsageError(Exception):
 
 
 USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError)
+DIVERGED = 3  # the exit status of a training run stopped by a nan or an inf
 
 
 def finite_float(text: str) -> float:
@@ -232,7 +239,11 @@ def _finish_run(run, data, config, dtype, log=print) -> None:
     sample = data.val_noisy[:6]
     x = sample.to(device=config.device, dtype=dtype) / 255
     plot_examples(sample, to_uint8(run.model.forward(x)), data.val_clean[:6], run.dir / "examples.png")
-    log(f"best validation PSNR {run.best:.2f} dB; weights in {run.dir / 'best.safetensors'}")
+    best = run.dir / "best.safetensors"
+    if best.is_file():
+        log(f"best validation PSNR {run.best:.2f} dB; weights in {best}")
+    else:  # no epoch gave a validation PSNR above -inf (a nan): named only if written
+        log(f"no epoch gave a finite validation PSNR; last weights in {run.dir / 'last.safetensors'}")
 
 
 # ---- modes -------------------------------------------------------------------------
@@ -423,9 +434,12 @@ def do_sweep(args) -> int:
             run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype, args),
                       config, dtype=dtype, log=lambda *_: None)
             run.create()
-            run.train(data, progress=not args.no_progress)
+            try:
+                run.train(data, progress=not args.no_progress)
+                print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
+            except TrainingDiverged as e:  # one point of the grid: the sweep goes on
+                print(f"lr {lr:g}, batch {batch}: {e}")
             results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
-            print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
 
     def write(temp):
         with open(temp, "w", newline="") as f:
@@ -436,6 +450,9 @@ def do_sweep(args) -> int:
     write_atomic(directory / "sweep.csv", write)
     plot_sweep(results, directory / "sweep.png")
     best = max(results, key=lambda r: r["val_psnr"])
+    if not math.isfinite(best["val_psnr"]):
+        raise TrainingDiverged(f"every run of the sweep diverged in its first epoch; "
+                               f"{directory / 'sweep.csv'}")
     print(f"best: lr {best['lr']:g}, batch {best['batch']}, {best['val_psnr']:.2f} dB; "
           f"{directory / 'sweep.png'}")
     return 0
@@ -543,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return DIVERGED
     except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
         print("interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ import attrs
 import torch
 
 from ..compiler.spec import Spec
+from ..runtime.divergence import Recent, describe_state, first_nonfinite_tensor, locate, state_tensors
 from ..runtime.optim import learning_rate
 from . import data as datasets
 from .checkpoint import (CheckpointError, check_loadable, check_params_fit, load_checkpoint,
@@ -211,6 +213,12 @@ class EpochData:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class TrainingDiverged(Exception):
+    """A run whose loss, gradient norm, parameters or optimizer state went nan or inf.
+    It stops there, with a message naming the step and the first value that went
+    non-finite; the checkpoints it wrote before stay as they were."""
+
+
 class Run:
     """One training run in its directory; ``train()`` continues from wherever it is."""
 
@@ -222,6 +230,7 @@ class Run:
         self.log = log
         self.epoch, self.step, self.best = 0, 0, float("-inf")
         self.running = (0.0, 0)  # (sum of losses, steps) of the current epoch
+        self.recent = Recent(model.state_dict())  # where the last steps started (divergence.py)
 
     # ---- files -----------------------------------------------------------------
     def create(self) -> None:
@@ -276,6 +285,7 @@ class Run:
             return self._train(data, max_steps, progress, stop)
 
     def _stop(self, why: str) -> bool:
+        self._check_state()
         self.save("last.safetensors")
         self.log(f"{why}: saved {self.dir / 'last.safetensors'} at epoch {self.epoch + 1}, "
                  f"step {self.step}; continue with --resume {self.dir}")
@@ -312,6 +322,7 @@ class Run:
                         bar.close()
                         return self._stop(f"stopped by {stop.requested}")
                     if max_steps is not None and steps_done >= max_steps:
+                        self._check_state()
                         self.save("last.safetensors")
                         return False
             self._end_epoch(data, time.perf_counter() - started, per_epoch - first_step)
@@ -327,15 +338,51 @@ class Run:
         self.model.optimizer.set_lr(learning_rate(
             r.schedule, r.optimizer.lr, self.epoch * per_epoch + self.step, per_epoch,
             r.epochs * per_epoch))
+        label = f"epoch {self.epoch + 1}, step {self.step + 1}"
+        self.recent.keep(label, (x, t))
         loss = self.model.train_step(x, t)
         self.step += 1
+        self._check_step(label, loss)
         total, count = self.running
         self.running = (total + loss, count + 1)
+
+    # ---- divergence ------------------------------------------------------------
+    def _check_step(self, label: str, loss: float) -> None:
+        """Stops the run if the step's loss, or the gradient norm that clipping
+        computed, is nan or inf: values a step reads back anyway, so no step slows."""
+        if not math.isfinite(loss):
+            raise self._diverged(f"the loss of {label} is {loss}")
+        clip = getattr(self.model, "clip", None)  # a Program's ClipGradNorm, if it clips
+        if clip is not None and not math.isfinite(norm := float(clip.total)):
+            raise self._diverged(f"the gradient norm of {label} is {norm}")
+
+    def _check_state(self) -> None:
+        """Stops the run before it validates or saves parameters or optimizer state
+        holding a nan or an inf, which a finite loss can hide (relu reads -inf as 0)."""
+        bad = first_nonfinite_tensor(state_tensors(self.model))
+        if bad is not None:
+            raise self._diverged(f"{describe_state(bad)} is non-finite after epoch "
+                                 f"{self.epoch + 1}, step {self.step}")
+
+    def _diverged(self, detected: str) -> TrainingDiverged:
+        """The error that stops a diverged run: what was detected, where re-running the
+        steps kept with checks found it started (divergence.locate), and the
+        checkpoints that stay as they were."""
+        where = ""
+        if hasattr(self.model, "first_nonfinite"):  # a Program (tools/torch_reference's is not)
+            where = f"re-run with checks, {locate(self.model, self.recent).message}; "
+        kept = [str(self.dir / n) for n in ("last.safetensors", "best.safetensors")
+                if (self.dir / n).is_file()]
+        saved = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} kept as before"
+                 if kept else "no checkpoint had been written")
+        return TrainingDiverged(f"training diverged: {detected}; {where}{saved}; try a learning "
+                                f"rate lower than {self.config.recipe.optimizer.lr:g}")
 
     def _end_epoch(self, data: Data, seconds: float, steps: int) -> None:
         """Validates, records and logs the epoch that ``steps`` steps in ``seconds``
         finished, then moves to the next one, saving the checkpoints."""
         r = self.config.recipe
+        self._check_state()
         input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
                                            device=self.config.device, dtype=self.dtype)
         total, count = self.running
