@@ -16,7 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..runtime.state import mismatched_keys
+from ..runtime.divergence import first_nonfinite_tensor
+from ..runtime.state import mismatched_keys, unloadable
 from .fileio import write_atomic
 
 OPTIMIZER = "optimizer."
@@ -33,6 +34,9 @@ def save_checkpoint(path: Path, params: dict[str, torch.Tensor], *, spec_text: s
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     for k, v in (optimizer or {}).items():
         tensors[OPTIMIZER + k] = v.detach().to("cpu").contiguous()
+    bad = first_nonfinite_tensor(tensors)  # the training loop stops first; this is the last guard
+    if bad is not None:
+        raise CheckpointError(f"{path}: not written: '{bad}' holds nan or inf values")
     metadata = {"format": "n2ngraph-checkpoint-1", "spec": spec_text,
                 "state": json.dumps(state or {})}
     write_atomic(path, lambda temp: save_file(tensors, temp, metadata=metadata))
@@ -61,7 +65,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
 
 def check_params_fit(path, params: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
                      spec_name: str) -> None:
-    """A clear error when a weights file belongs to another network."""
+    """A clear error when a weights file belongs to another network, or holds values
+    that cannot be loaded (``check_loadable``)."""
     missing, unexpected = mismatched_keys(params, expected)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
@@ -71,3 +76,13 @@ def check_params_fit(path, params: dict[str, torch.Tensor], expected: dict[str, 
         if tuple(params[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{path}: '{k}' has shape {tuple(params[k].shape)}, spec "
                                   f"'{spec_name}' needs {tuple(v.shape)}")
+    check_loadable(path, params)
+
+
+def check_loadable(path, tensors: dict[str, torch.Tensor]) -> None:
+    """A clear error for weights that would be cast silently (int32, float16: only
+    float32 and float64 load) or hold a nan or an inf (runtime.state.unloadable)."""
+    for name, value in tensors.items():
+        problem = unloadable(name, value)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")

@@ -2,13 +2,16 @@
 
 Every user error (a bad spec, image, pkl, weights file, option or run directory) is one
 line on stderr naming the file and the problem, exit status 2, and nothing on disk is
-overwritten or left half-written.
+overwritten or left half-written. A training run whose loss or gradients go nan or inf
+stops with one line naming the step and the first value that did, exit status 3,
+keeping the checkpoints it wrote before.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -25,7 +28,7 @@ from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
 from .fileio import safe_component
-from .train import RunDirectoryError
+from .train import RunDirectoryError, TrainingDiverged
 
 EXAMPLES = """\
 examples:
@@ -48,8 +51,9 @@ N x 3 x 32 x 32 tensors, noisy input and noisy target; a val_data.pkl beside it,
 and clean, is used for validation). Noise (--noise): gaussian:SIGMA (0-255 scale),
 poisson:PEAK, bernoulli:P, none; results are quantised to 8 bits like real photos.
 
-exit status: 0 done (or stopped by --max-steps), 2 bad input, 130 stopped by Ctrl-C,
-143 by SIGTERM (after saving a checkpoint that --resume continues)
+exit status: 0 done (or stopped by --max-steps), 2 bad input, 3 training diverged (its
+loss or gradients went nan or inf; the checkpoints written before are kept), 130 stopped
+by Ctrl-C, 143 by SIGTERM (after saving a checkpoint that --resume continues)
 """
 
 
@@ -58,6 +62,19 @@ class UsageError(Exception):
 
 
 USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, RunDirectoryError)
+DIVERGED = 3  # the exit status of a training run stopped by a nan or an inf
+
+
+def finite_float(text: str) -> float:
+    """A float option's value: a finite number ('nan' and 'inf' parse, but no setting
+    means them), else argparse's one-line error, exit status 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,12 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("training (defaults: the spec's train: recipe)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch", type=int)
-    r.add_argument("--lr", type=float, help="learning rate (with --optimizer: its default)")
+    r.add_argument("--lr", type=finite_float, help="learning rate (with --optimizer: its default)")
     r.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help="another optimizer than the spec's, with its default settings")
     r.add_argument("--schedule", choices=list(SCHEDULES),
                    help="another learning-rate schedule than the spec's, with its defaults")
-    r.add_argument("--clip-grad-norm", type=float, metavar="X",
+    r.add_argument("--clip-grad-norm", type=finite_float, metavar="X",
                    help="rescale gradients to global L2 norm <= X (0: no clipping)")
     r.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="random flips and 90-degree rotations of the training pairs")
@@ -159,8 +176,9 @@ def _config(spec: Spec, args, **extra):
     pairs = args.pairs or spec.train.pairs
     if batch > pairs:
         raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
-    if args.lr is not None and args.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
+    lr = extra.get("lr", args.lr)  # a --sweep's learning rate, or --lr
+    if lr is not None and not lr > 0:
+        raise UsageError(f"{'--lrs' if 'lr' in extra else '--lr'} must be positive, got {lr:g}")
     if args.clip_grad_norm is not None and not args.clip_grad_norm >= 0:
         raise UsageError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
     try:
@@ -236,7 +254,11 @@ def _finish_run(run, data, config, dtype, log=print) -> None:
     sample = data.val_noisy[:6]
     x = sample.to(device=config.device, dtype=dtype) / 255
     plot_examples(sample, to_uint8(run.model.forward(x)), data.val_clean[:6], run.dir / "examples.png")
-    log(f"best validation PSNR {run.best:.2f} dB; weights in {run.dir / 'best.safetensors'}")
+    best = run.dir / "best.safetensors"
+    if best.is_file():
+        log(f"best validation PSNR {run.best:.2f} dB; weights in {best}")
+    else:  # no epoch gave a validation PSNR above -inf (a nan): named only if written
+        log(f"no epoch gave a finite validation PSNR; last weights in {run.dir / 'last.safetensors'}")
 
 
 def _train_to_end(run, data, config, dtype, args) -> int:
@@ -429,10 +451,13 @@ def do_sweep(args) -> int:
 
     spec, text = _spec(args)
     try:
-        lrs = [float(v) for v in args.lrs.split(",")]
+        lrs = [finite_float(v) for v in args.lrs.split(",")]
         batches = [int(v) for v in args.batches.split(",")]
-    except ValueError:
-        raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UsageError("--lrs and --batches are comma-separated finite numbers, e.g. "
+                         "--lrs 0.1,1") from None
+    for lr in lrs:
+        _config(spec, args, lr=lr)  # every learning rate checked before the first run
     directory = Path(args.run) if args.run else _default_run(spec, "-sweep")
     if directory.exists():
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")
@@ -446,13 +471,17 @@ def do_sweep(args) -> int:
                      _model(spec, config, dtype, args), config, dtype=dtype,
                      log=lambda *_: None) as run:
                 run.create()
-                run.train(data, progress=not args.no_progress)
+                try:
+                    run.train(data, progress=not args.no_progress)
+                    outcome = f"best validation PSNR {run.best:.2f} dB"
+                except TrainingDiverged as e:  # one point of the grid: the sweep goes on
+                    outcome = str(e)
             if run.stopped_by:  # Ctrl-C or SIGTERM stops the sweep, not just this run
                 print(f"sweep stopped by {signal.Signals(run.stopped_by).name} during lr {lr:g}, "
                       f"batch {batch}; its runs so far are in {directory}", file=sys.stderr)
                 return 128 + run.stopped_by
             results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
-            print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
+            print(f"lr {lr:g}, batch {batch}: {outcome}")
 
     def write(temp):
         with open(temp, "w", newline="") as f:
@@ -463,6 +492,9 @@ def do_sweep(args) -> int:
     write_atomic(directory / "sweep.csv", write)
     plot_sweep(results, directory / "sweep.png")
     best = max(results, key=lambda r: r["val_psnr"])
+    if not math.isfinite(best["val_psnr"]):
+        raise TrainingDiverged(f"every run of the sweep diverged in its first epoch; "
+                               f"{directory / 'sweep.csv'}")
     print(f"best: lr {best['lr']:g}, batch {best['batch']}, {best['val_psnr']:.2f} dB; "
           f"{directory / 'sweep.png'}")
     return 0
@@ -570,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return DIVERGED
     except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, check_loadable, load_checkpoint
 
 PACKAGE = Path(__file__).resolve().parent.parent  # n2ngraph/, beside app/
 SPECS = PACKAGE / "specs"
@@ -38,4 +38,5 @@ def load_pretrained(spec_name: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"no pretrained weights for '{spec_name}': {path} is not part "
                               f"of this installation")
     params, *_ = load_checkpoint(path)
+    check_loadable(path, params)
     return params

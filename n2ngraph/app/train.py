@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import signal
 import threading
 import time
@@ -37,9 +38,11 @@ import attrs
 import torch
 
 from ..compiler.spec import Spec
+from ..runtime.divergence import Recent, describe_state, first_nonfinite_tensor, locate, state_tensors
 from ..runtime.optim import learning_rate
 from . import data as datasets
-from .checkpoint import CheckpointError, check_params_fit, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_loadable, check_params_fit, load_checkpoint,
+                         save_checkpoint)
 from .config import TrainConfig
 from .fileio import (DirectoryBusy, created_whole, fault_point, lock_directory,
                      remove_stale_temps, write_atomic)
@@ -224,6 +227,12 @@ class RunDirectoryError(Exception):
     checkpoint, or it appeared while this run was being created."""
 
 
+class TrainingDiverged(Exception):
+    """A run whose loss, gradient norm, parameters or optimizer state went nan or inf.
+    It stops there, with a message naming the step and the first value that went
+    non-finite; the checkpoints it wrote before stay as they were."""
+
+
 class Run:
     """One training run in its directory; ``train()`` continues from wherever it is.
 
@@ -241,6 +250,7 @@ class Run:
         self.rows: list[dict] = []  # metrics.csv: a row per finished epoch
         self.stopped_by: int | None = None  # the signal that stopped train(), if one did
         self._lock = None
+        self.recent = Recent(model.state_dict())  # where the last steps started (divergence.py)
 
     def __enter__(self) -> "Run":
         return self
@@ -309,6 +319,7 @@ class Run:
         path = self.dir / "last.safetensors"
         params, buffers, state, _ = load_checkpoint(path)
         check_params_fit(path, params, self.model.state_dict(), self.spec.name)
+        check_loadable(path, buffers)
         self.model.load_state_dict(params)
         try:
             self.model.optimizer.load_state_dict({"steps": state["optimizer_steps"],
@@ -359,6 +370,7 @@ class Run:
             return self._train(data, max_steps, progress, stop)
 
     def _stop(self, stop: "StopRequests") -> bool:
+        self._check_state()
         self.save("last.safetensors")
         self.stopped_by = stop.signum
         self.log(f"stopped by {stop.requested}: saved {self.dir / 'last.safetensors'} at epoch "
@@ -397,6 +409,7 @@ class Run:
                         bar.close()
                         return self._stop(stop)
                     if max_steps is not None and steps_done >= max_steps:
+                        self._check_state()
                         self.save("last.safetensors")
                         return False
             self._end_epoch(data, time.perf_counter() - started, per_epoch - first_step)
@@ -412,16 +425,52 @@ class Run:
         self.model.optimizer.set_lr(learning_rate(
             r.schedule, r.optimizer.lr, self.epoch * per_epoch + self.step, per_epoch,
             r.epochs * per_epoch))
+        label = f"epoch {self.epoch + 1}, step {self.step + 1}"
+        self.recent.keep(label, (x, t))
         loss = self.model.train_step(x, t)
         self.step += 1
+        self._check_step(label, loss)
         total, count = self.running
         self.running = (total + loss, count + 1)
+
+    # ---- divergence ------------------------------------------------------------
+    def _check_step(self, label: str, loss: float) -> None:
+        """Stops the run if the step's loss, or the gradient norm that clipping
+        computed, is nan or inf: values a step reads back anyway, so no step slows."""
+        if not math.isfinite(loss):
+            raise self._diverged(f"the loss of {label} is {loss}")
+        clip = getattr(self.model, "clip", None)  # a Program's ClipGradNorm, if it clips
+        if clip is not None and not math.isfinite(norm := float(clip.total)):
+            raise self._diverged(f"the gradient norm of {label} is {norm}")
+
+    def _check_state(self) -> None:
+        """Stops the run before it validates or saves parameters or optimizer state
+        holding a nan or an inf, which a finite loss can hide (relu reads -inf as 0)."""
+        bad = first_nonfinite_tensor(state_tensors(self.model))
+        if bad is not None:
+            raise self._diverged(f"{describe_state(bad)} is non-finite after epoch "
+                                 f"{self.epoch + 1}, step {self.step}")
+
+    def _diverged(self, detected: str) -> TrainingDiverged:
+        """The error that stops a diverged run: what was detected, where re-running the
+        steps kept with checks found it started (divergence.locate), and the
+        checkpoints that stay as they were."""
+        where = ""
+        if hasattr(self.model, "first_nonfinite"):  # a Program (tools/torch_reference's is not)
+            where = f"re-run with checks, {locate(self.model, self.recent).message}; "
+        kept = [str(self.dir / n) for n in ("last.safetensors", "best.safetensors")
+                if (self.dir / n).is_file()]
+        saved = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} kept as before"
+                 if kept else "no checkpoint had been written")
+        return TrainingDiverged(f"training diverged: {detected}; {where}{saved}; try a learning "
+                                f"rate lower than {self.config.recipe.optimizer.lr:g}")
 
     def _end_epoch(self, data: Data, seconds: float, steps: int) -> None:
         """Validates, records and logs the epoch that ``steps`` steps in ``seconds``
         finished, then moves to the next one, saving the checkpoints and then the metrics
         from them (a kill between the two: ``resume`` writes the metrics again)."""
         r = self.config.recipe
+        self._check_state()
         input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
                                            device=self.config.device, dtype=self.dtype)
         total, count = self.running

@@ -10,7 +10,9 @@ load time. The format is documented in README.md, "The spec format".
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -322,10 +324,20 @@ def _choice(raw, line, cls, settings_of: dict[str, tuple[str, ...]], field: str,
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """An int or a float that is a finite float: YAML reads ``.nan`` and ``.inf`` as
+    floats, and no setting means either (nor an integer beyond float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= _FLOAT_MAX
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def _number(value, line, field, *, low=0, high=None, low_open=False, high_open=False) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _is_number(value):
+        shown = repr(value) if isinstance(value, float) else "an integer beyond float range"
+        raise SpecError(f"expected a finite number, got {shown}", line=line, field=field)
     ok = _is_number(value) and (value > low if low_open else value >= low)
     if high is not None:
         ok = ok and (value < high if high_open else value <= high)

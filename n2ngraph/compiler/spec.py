@@ -17,6 +17,9 @@ writes it.
 
 from __future__ import annotations
 
+import math
+import sys
+
 import attrs
 
 from ..ops import Op
@@ -55,19 +58,39 @@ SCHEDULES = {
 }
 
 
+def _finite(_instance, attribute: attrs.Attribute, value) -> None:
+    """A number setting's validator: nan and inf mean no setting. parse.py says so with
+    the spec's line first; this holds for every other way in (a run's config.json, a
+    Python caller)."""
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is None and attribute.name == "clip_grad_norm":
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not number or not (math.isfinite(v) if isinstance(v, float)
+                              else abs(v) <= sys.float_info.max):
+            shown = "an integer beyond float range" if number and isinstance(v, int) else repr(v)
+            raise ValueError(f"{attribute.name}: expected a finite number, got {shown}")
+
+
+def _setting(default):
+    return attrs.field(default=default, validator=_finite)
+
+
 @attrs.frozen
 class OptimizerSpec:
     """An optimizer and its settings; those of the other optimizer keep their defaults."""
 
     name: str = "sgd"
-    lr: float = attrs.field(default=attrs.Factory(lambda self: DEFAULT_LR.get(self.name, 0.01),
-                                                  takes_self=True))
-    momentum: float = 0.0
-    dampening: float = 0.0
+    lr: float = _setting(attrs.Factory(lambda self: DEFAULT_LR.get(self.name, 0.01),
+                                       takes_self=True))
+    momentum: float = _setting(0.0)
+    dampening: float = _setting(0.0)
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple)
-    eps: float = 1e-8
+    weight_decay: float = _setting(0.0)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple,
+                                             validator=_finite)
+    eps: float = _setting(1e-8)
     amsgrad: bool = False
 
 
@@ -84,10 +107,10 @@ class ScheduleSpec:
 
     name: str = "constant"
     step_size: int = 1
-    gamma: float = 0.1
-    eta_min: float = 0.0
-    rampdown_fraction: float = 0.3
-    rampup_fraction: float = 0.0
+    gamma: float = _setting(0.1)
+    eta_min: float = _setting(0.0)
+    rampdown_fraction: float = _setting(0.3)
+    rampup_fraction: float = _setting(0.0)
 
 
 @attrs.frozen
@@ -96,7 +119,7 @@ class TrainSpec:
 
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()
-    clip_grad_norm: float | None = None  # rescale gradients whose global L2 norm exceeds it
+    clip_grad_norm: float | None = _setting(None)  # rescale gradients whose global L2 norm exceeds it
     augment: bool = False  # random flips and 90-degree rotations of each training pair
     init: str = "uniform"
     batch: int = 4

@@ -23,6 +23,8 @@ chosen per node by ``compiler/lower.py``.
 from __future__ import annotations
 
 import functools
+import math
+import sys
 from typing import Callable, ClassVar
 
 import attrs
@@ -133,6 +135,8 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
         wrong_type = not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool))
         if wrong_type:
             raise SpecError(f"expected {described}, got {value!r}", field=field.name)
+        if kind is float and not _finite(value):  # YAML's .nan and .inf are floats
+            raise SpecError(f"expected a finite number, got {_shown(value)}", field=field.name)
         if minimum is not None and value < minimum:
             bound = "positive" if minimum == 1 and kind is int else f">= {minimum}"
             raise SpecError(f"must be {bound}, got {value!r}", field=field.name)
@@ -140,6 +144,14 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
             raise SpecError(f"must be one of {', '.join(choices)}, got {value!r}", field=field.name)
 
     return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
+
+
+def _finite(value: int | float) -> bool:
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
+
+
+def _shown(value: int | float) -> str:
+    return repr(value) if isinstance(value, float) else "an integer beyond float range"
 
 
 def window_out_size(size: int, kernel: int, stride: int = 1, padding: int = 0,

@@ -5,6 +5,7 @@
     program.py    Program: compiles plans per input shape and runs them
     parts.py      a training batch split across CPU threads
     cuda_graphs.py  a training step or an inference replayed as one CUDA graph
+    divergence.py where a diverging training step first went nan or inf
     state.py      parameters adopted or loaded from outside, checked against the spec
     flat.py       parameters, gradients and optimizer state packed in flat buffers
     optim.py      SGD, Adam, gradient clipping, learning-rate schedules

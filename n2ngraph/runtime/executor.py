@@ -79,6 +79,27 @@ class Executable:
         finally:
             torch.set_num_threads(threads)
 
+    def first_nonfinite(self, inputs: Mapping[str, torch.Tensor]) -> str | None:
+        """The first value, in schedule order, that a run on ``inputs`` makes nan or
+        inf (None if none does): a run as ``run`` does it, thread counts included so the
+        arithmetic is the same, checking each result right after its kernel, before a
+        later kernel can reuse its buffer. For finding where a diverging step went
+        wrong, once it has: a check per kernel reads every value back."""
+        self.load(inputs)
+        threads = torch.get_num_threads()
+        names = iter(self.names)
+        try:
+            for serial, steps in self.segments:
+                torch.set_num_threads(1 if serial else threads)
+                for step in steps:
+                    step()
+                    name = next(names)
+                    if not bool(torch.isfinite(self.values[name]).all()):
+                        return name
+        finally:
+            torch.set_num_threads(threads)
+        return None
+
     def profile(self, inputs: Mapping[str, torch.Tensor], repeats: int) -> dict[str, float]:
         """Seconds each kernel takes, the median of ``repeats`` runs (a run as ``run``
         does it, with a clock read around every step: for finding where time goes)."""

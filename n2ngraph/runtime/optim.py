@@ -62,6 +62,8 @@ class _Optimizer:
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next step; a schedule sets it before every step."""
+        if not math.isfinite(lr):
+            raise ValueError(f"the learning rate must be a finite number, got {lr}")
         self._lr = lr
 
     @property
@@ -112,8 +114,11 @@ class _Optimizer:
         return self.buffers[kind]
 
     def state_dict(self) -> dict:
+        """``steps`` and a copy of every buffer; before the first step, no buffer: none
+        holds anything yet (SGD's momentum is uninitialised memory until its first step
+        writes it), and ``load_state_dict`` needs none at step 0."""
         tensors = {f"{kind}.{name}": t.clone() for kind, by_name in self.buffers.items()
-                   for name, t in by_name.items()}
+                   for name, t in by_name.items()} if self.steps else {}
         return {"steps": self.steps, "tensors": tensors}
 
     def load_state_dict(self, state: dict) -> None:

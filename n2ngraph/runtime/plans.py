@@ -42,6 +42,23 @@ class Compiled:
     def value_shape(self, value: str) -> Shape:
         return tuple(self.graph[value].shape)
 
+    def describe(self, value: str) -> str:
+        """A value for a message, by what computes it: ``node 'conv2' (conv2d, forward,
+        line 9)``, ``'grad:conv1.weight' (backward of node 'conv1', its weight)``."""
+        node = self.graph[value]
+        line = f", line {node.line}" if node.line else ""
+        if node.kind == "op":
+            return f"node '{value}' ({node.op.name}, forward{line})"
+        if node.kind == "param":
+            return f"parameter '{value}'"
+        if node.kind == "vjp":
+            of = self.graph[node.fwd]
+            line = f", line {of.line}" if of.line else ""
+            return f"'{value}' (backward of node '{node.fwd}' ({of.op.name}{line}), for its {node.wrt})"
+        if node.kind in ("accumulate", "seed"):
+            return f"'{value}' (backward: the gradient of '{node.fwd}')"
+        return f"input '{value}'"
+
     def input_grad(self, name: str) -> str | None:
         """The value a 'vjp' plan leaves d objective / d input ``name`` in; None when that
         input does not reach the output."""

@@ -178,6 +178,32 @@ class Program:
         executable.run(bound)
         return executable.values[self.spec.loss].item()
 
+    def first_nonfinite(self, *inputs: torch.Tensor) -> tuple[str, str] | None:
+        """Where a training step on ``inputs`` first goes nan or inf, as (value, what it
+        is): a parameter, else the first value of its forward and backward, in schedule
+        order; None if every value stays finite. Runs the plans ``train_step`` would (its
+        batch parts, each on one thread), checking every kernel's result, and updates
+        nothing: for finding, after the fact, where a diverging step went wrong
+        (``runtime/divergence.py``); slower than a step."""
+        for name, param in self.params.items():
+            if not bool(torch.isfinite(param).all()):
+                return name, f"parameter '{name}'"
+        bound, shapes = self._training_inputs(inputs)
+        parts = self.batch_parts(shapes)
+        threads, found = torch.get_num_threads(), []
+        for index, (lo, hi) in enumerate(parts):
+            part = {name: t[lo:hi] for name, t in bound.items()}
+            compiled = self.compiled("train", self.input_shapes(part[self.spec.input_names[0]].shape),
+                                     index if len(parts) > 1 else None)
+            torch.set_num_threads(1 if len(parts) > 1 else threads)
+            try:
+                value = compiled.executable.first_nonfinite(part)
+            finally:
+                torch.set_num_threads(threads)
+            if value is not None:
+                found.append((compiled.schedule.order.index(value), value, compiled.describe(value)))
+        return min(found)[1:] if found else None
+
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Inference: the spec's ``output`` for input ``x``, in a new tensor (or ``out``)."""
         if not isinstance(x, torch.Tensor):

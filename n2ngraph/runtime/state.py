@@ -1,6 +1,9 @@
 """Parameters coming into a program from outside: tensors it adopts, state dicts it
 copies. Each is checked against the parameters the spec needs, name by name and shape
-by shape, so that weights for another network fail with the names that differ."""
+by shape, so that weights for another network fail with the names that differ; values
+copied in must also be float32 or float64 (the two a program computes in, either read
+into the other), and finite: an int32 or float16 file would otherwise be cast silently,
+and a nan spreads to every output."""
 
 from __future__ import annotations
 
@@ -40,12 +43,30 @@ def adopted(params: Tensors, expected: Tensors, spec_name: str, *, dtype: torch.
     return {k: params[k] for k in expected}
 
 
+LOADABLE = (torch.float32, torch.float64)
+
+
+def unloadable(name: str, value: torch.Tensor) -> str | None:
+    """Why ``value`` cannot be copied into parameter ``name``, or None if it can: a
+    dtype other than float32 or float64, or a nan or an inf."""
+    if value.dtype not in LOADABLE:
+        return f"'{name}' is {str(value.dtype).removeprefix('torch.')}, not float32 or float64"
+    if not bool(torch.isfinite(value).all()):
+        return f"'{name}' holds nan or inf values"
+    return None
+
+
 def load_state(params: Tensors, state: Tensors, spec_name: str) -> None:
-    """Copies ``state`` into ``params``, once checked to hold the same names and shapes."""
+    """Copies ``state`` into ``params``, once all of it is checked to hold the same names
+    and shapes, and values that can be loaded (``unloadable``): all or nothing."""
     _check_names(state, params, f"state dict does not match spec '{spec_name}'")
     for name, param in params.items():
         value = state[name]
         if tuple(value.shape) != tuple(param.shape):
             raise ValueError(f"'{name}': shape {tuple(value.shape)} in the state dict, "
                              f"{tuple(param.shape)} in spec '{spec_name}'")
-        param.copy_(value)
+        problem = unloadable(name, value)
+        if problem:
+            raise ValueError(f"state dict for spec '{spec_name}': {problem}")
+    for name, param in params.items():
+        param.copy_(state[name])
