@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -23,6 +24,7 @@ from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .data import DataError
+from .fileio import WriteError, make_directory
 
 EXAMPLES = """\
 examples:
@@ -51,7 +53,7 @@ class UsageError(Exception):
     pass
 
 
-USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError)
+USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, WriteError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,7 +231,7 @@ def do_train(args) -> int:
 
     spec, text = _spec(args)
     directory = Path(args.run or f"runs/{spec.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    if directory.exists():
+    if os.path.lexists(directory):  # a link to nowhere too: mkdir would fail on it
         raise UsageError(f"run directory {directory} already exists: continue it with "
                          f"--resume {directory}, or choose another --run")
     start = None
@@ -363,14 +365,10 @@ def do_denoise(args) -> int:
     dtype = _dtype(args)
     photos = [(Path(p), datasets.load_photo(p)) for p in args.denoise]  # all readable first
     out_dir = Path(args.out)
-    targets = [out_dir / f"{path.stem}.png" for path, _ in photos]
-    if len(set(targets)) != len(targets):
-        raise UsageError("two inputs share a file name; their outputs would collide")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.overwrite:
-        raise UsageError(f"{existing[0]} exists (pass --overwrite to replace it)")
+    targets = _output_files(out_dir, [f"{path.stem}.png" for path, _ in photos], "--out",
+                            overwrite=args.overwrite, hint="pass --overwrite to replace it")
     model = _load_weights(spec, args, dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(out_dir)
     for (path, photo), target in zip(photos, targets):
         start = time.perf_counter()
         result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
@@ -379,6 +377,22 @@ def do_denoise(args) -> int:
         h, w = photo.shape[1:]
         print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")
     return 0
+
+
+def _output_files(folder: Path, names: list[str], flag: str, *, overwrite: bool = False,
+                  hint: str = "choose another folder") -> list[Path]:
+    """The files ``names`` in ``folder`` (option ``flag``), checked before any work: the
+    folder is one (or is not there yet), no two names collide, none is there already
+    unless ``overwrite``; else a UsageError, with ``hint`` for a file already there."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+    targets = [folder / name for name in names]
+    if len(set(targets)) != len(targets):
+        raise UsageError("two inputs share a file name; their outputs would collide")
+    existing = [str(t) for t in targets if os.path.lexists(t)]
+    if existing and not overwrite:
+        raise UsageError(f"{existing[0]} exists: {hint}")
+    return targets
 
 
 def do_sweep(args) -> int:
@@ -395,7 +409,7 @@ def do_sweep(args) -> int:
     except ValueError:
         raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
     directory = Path(args.run or f"runs/{spec.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
-    if directory.exists():
+    if os.path.lexists(directory):
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")
     dtype = _dtype(args)
     data = prepare_data(_config(spec, args))
@@ -431,13 +445,10 @@ def do_export(args) -> int:
     spec, _ = _spec(args)
     config = _config(spec, args)
     out = Path(args.export)
-    targets = [out / "train_data.pkl", out / "val_data.pkl"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing:
-        raise UsageError(f"{existing[0]} exists; choose another folder")
+    targets = _output_files(out, ["train_data.pkl", "val_data.pkl"], "--export")
     data = prepare_data(config)
     a, b = data.make_pairs(0)
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     datasets.save_pairs(targets[0], a, b)
     datasets.save_pairs(targets[1], data.val_noisy, data.val_clean)
     print(f"wrote {targets[0]} ({len(a)} noisy/noisy pairs) and {targets[1]} "
@@ -525,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         return action(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the system refused where no check above names it better
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
         print("interrupted", file=sys.stderr)
