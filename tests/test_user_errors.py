@@ -7,6 +7,7 @@ checkpoint, numbers no run can work with. (README: "Bad input ... is one line".)
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +17,12 @@ import pytest
 import torch
 
 import n2ngraph as ng
+from n2ngraph.app import config
 from n2ngraph.app.checkpoint import load_checkpoint
 from n2ngraph.app.cli import main
+from n2ngraph.app.config import SettingError, TrainConfig, check_memory, check_settings
+from n2ngraph.app.data import parse_noise
+from n2ngraph.compiler.spec import MAX_SEED
 
 from helpers import ROOT
 
@@ -33,6 +38,13 @@ def _fails(capsys, argv, *needles) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+@pytest.fixture(autouse=True)
+def eight_gib_free(monkeypatch):
+    """What the memory check refuses does not depend on the machine the tests run on
+    (and where it cannot read the memory, --pairs 1000000000 is not tried for real)."""
+    monkeypatch.setattr(config, "available_memory", lambda: 8 * 2**30)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +166,127 @@ def test_a_checkpoint_whose_training_state_is_not_json(tmp_path, capsys, weights
         save_file(load_file(weights), bad, metadata={**metadata, "state": state})
         _fails(capsys, [SPEC, "--eval", "--weights", str(bad), "--val-count", "4"],
                str(bad), "training state")
+
+
+def _run_directory(tmp_path, **changes) -> Path:
+    """A run directory as --train writes it (config.json, spec.yaml), with ``changes``
+    to its config.json; no checkpoint is needed for the errors tested."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record = TrainConfig.from_spec(ng.load_spec(SPEC)).record()
+    (run / "config.json").write_text(json.dumps({**record, **changes}))
+    (run / "spec.yaml").write_text(Path(SPEC).read_text())
+    return run
+
+
+@pytest.mark.parametrize("key, value", [
+    ("epochs", "5"), ("seed", 10**30), ("seed", -1), ("batch", 0), ("batch", 10**6), ("lr", "x"),
+    ("lr", 1e400), ("noise", 5), ("noise", "gaussian:1e308"), ("data", 7), ("device", "tpu"),
+    ("optimizer", "foo"), ("crop", 1.5), ("val_count", -1), ("augment", "yes"),
+    ("pairs", 10**9),
+], ids=str)
+def test_bad_values_in_a_run_directorys_config(tmp_path, capsys, key, value):
+    run = _run_directory(tmp_path, **{key: value})
+    _fails(capsys, ["--resume", str(run), "--no-progress"], str(run / "config.json"), key)
+
+
+def test_a_run_directory_whose_files_are_not_text(tmp_path, capsys):
+    run = _run_directory(tmp_path)
+    (run / "spec.yaml").write_bytes(b"name: \xff\xfe\n")
+    _fails(capsys, ["--resume", str(run)], str(run / "spec.yaml"), "not UTF-8")
+    (run / "spec.yaml").write_text(Path(SPEC).read_text())
+    (run / "config.json").write_bytes(b'{"epochs": "\xff"}')
+    _fails(capsys, ["--resume", str(run)], str(run / "config.json"))
+    (run / "config.json").write_text("[1, 2]")
+    _fails(capsys, ["--resume", str(run)], str(run / "config.json"), "not a JSON object")
+
+
+# ---- numbers no run can work with ------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--noise", "gaussian:1e308"), ("--noise", "poisson:1e-300"),
+    ("--seed", "99999999999999999999"), ("--seed", "-1"),
+    ("--pairs", "1000000000"), ("--val-count", "1000000000"),
+    ("--crop", "99999999999999999999"), ("--lr", "inf"), ("--clip-grad-norm", "nan"),
+], ids=str)
+def test_numbers_no_run_can_work_with_are_refused_before_anything_is_made(tmp_path, capsys,
+                                                                          option, value):
+    run = tmp_path / "run"
+    # given after QUICK, the tested value is the one argparse keeps
+    _fails(capsys, [SPEC, "--train", "--run", str(run), *QUICK, option, value], option)
+    assert not run.exists()
+
+
+def test_a_sweep_with_a_batch_size_of_zero(tmp_path, capsys):
+    run = tmp_path / "sweep"
+    _fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1", "--batches", "4,0",
+                    "--epochs", "1", "--pairs", "8", "--val-count", "4"], "--batches", "batch 0")
+    _fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1,inf", "--batches", "4",
+                    "--epochs", "1", "--pairs", "8", "--val-count", "4"], "--lrs", "lr inf")
+    _fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1", "--batches", "4,16",
+                    "--epochs", "1", "--pairs", "8", "--val-count", "4"], "--batch 16")
+    assert not run.exists()  # every grid point checked before the first run is made
+
+
+def test_eval_refuses_a_seed_torch_cannot_take(capsys):
+    _fails(capsys, [SPEC, "--eval", "--seed", str(2**64), "--val-count", "4"], "--seed")
+
+
+def test_control_characters_in_a_spec_name(tmp_path, capsys, monkeypatch):
+    """A spec's name names the default run directory: a NUL in it is a spec error, not
+    a traceback from the file system after the data is made."""
+    text = Path(SPEC).read_text().replace("name: noise2noise", 'name: "noise\\0two"')
+    spec = tmp_path / "nul.yaml"
+    spec.write_text(text)
+    monkeypatch.chdir(tmp_path)  # the default run directory, runs/<name>-<time>, goes here
+    _fails(capsys, [str(spec), "--train", *QUICK], "nul.yaml", "'name'", "control characters")
+    assert [p.name for p in tmp_path.iterdir()] == ["nul.yaml"]
+
+
+def test_a_spec_seed_torch_cannot_take(tmp_path):
+    text = Path(SPEC).read_text().replace("seed: 0", f"seed: {MAX_SEED + 1}")
+    assert text != Path(SPEC).read_text()
+    with pytest.raises(ng.SpecError, match="train.seed"):
+        ng.parse_spec(text)
+    ng.parse_spec(text.replace(f"seed: {MAX_SEED + 1}", f"seed: {MAX_SEED}"))
+
+
+def test_every_seed_allowed_seeds_every_generator_a_run_makes():
+    from n2ngraph.app.train import epoch_generator
+
+    epoch_generator(MAX_SEED, 2**31 - 1 + 500_000)  # the largest epoch's shuffle
+    torch.Generator().manual_seed(MAX_SEED * 7919 + 10**6)  # --eval's photo noise
+
+
+def test_noise_levels_are_bounded_to_what_float32_holds():
+    clean = torch.full((1, 3, 4, 4), 200, dtype=torch.uint8)
+    for text in ("gaussian:1000", "poisson:0.001", "poisson:1e6"):  # the bounds work
+        noisy = parse_noise(text).apply(clean, torch.Generator().manual_seed(0))
+        assert noisy.dtype == torch.uint8
+    for text in ("gaussian:1001", "gaussian:1e308", "poisson:0.0009", "poisson:1e7"):
+        with pytest.raises(ValueError, match="accepted"):
+            parse_noise(text)
+
+
+def test_the_memory_check_weighs_pairs_and_validation_crops():
+    spec = ng.load_spec(SPEC)
+    config = TrainConfig.from_spec(spec, pairs=1000, val_count=100, crop=32)
+    pairs, validation = 1000 * 3 * 32 * 32 * 3, 100 * 3 * 32 * 32 * 2
+    check_memory(config, available=pairs + validation)
+    with pytest.raises(SettingError, match="pairs"):
+        check_memory(config, available=pairs + validation - 1)
+    with pytest.raises(SettingError, match="val_count"):
+        check_memory(config, available=validation - 1)
+    augmented = TrainConfig.from_spec(spec, pairs=1000, val_count=100, crop=32, augment=True)
+    with pytest.raises(SettingError, match="pairs"):
+        check_memory(augmented, available=pairs + validation)
+
+
+@pytest.mark.parametrize("values", [{"seed": True}, {"epochs": 2**31}, {"lr": float("nan")},
+                                    {"clip_grad_norm": -1}, {"schedule": "sometimes"}], ids=str)
+def test_check_settings_names_the_setting(values):
+    key = next(iter(values))
+    with pytest.raises(SettingError) as info:
+        check_settings(values)
+    assert info.value.key == key and info.value.option().startswith(f"--{key.replace('_', '-')} ")

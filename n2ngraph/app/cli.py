@@ -23,6 +23,7 @@ from ..errors import SpecError
 from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
+from .config import SettingError, check_memory, check_settings
 from .data import DataError
 from .fileio import WriteError, make_directory
 
@@ -142,26 +143,23 @@ def _spec(args) -> tuple[Spec, str]:
     return spec, Path(args.spec).read_text()
 
 
+def _read_text(path: Path) -> str:
+    """A run directory's text file, or a UsageError naming it."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def _config(spec: Spec, args, **extra):
     from .config import TrainConfig
-    from .data import parse_noise
 
-    for name in ("epochs", "batch", "pairs", "val_count", "crop"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
     batch = extra.get("batch") or args.batch or spec.train.batch
     pairs = args.pairs or spec.train.pairs
     if batch > pairs:
         raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
-    if args.lr is not None and args.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
-    if args.clip_grad_norm is not None and not args.clip_grad_norm >= 0:
-        raise UsageError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
-    try:
-        parse_noise(args.noise)
-    except ValueError as e:
-        raise UsageError(f"--noise: {e}") from None
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data {args.data}: no such file or folder")
     values = dict(epochs=args.epochs, batch=args.batch, lr=args.lr, pairs=args.pairs,
@@ -170,7 +168,27 @@ def _config(spec: Spec, args, **extra):
                   clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop,
                   float64=args.float64 or None, tf32=args.tf32 or None)
     values.update(extra)
-    return TrainConfig.from_spec(spec, **values)
+    config = TrainConfig.from_spec(spec, **values)
+    try:
+        check_memory(config)
+    except SettingError as e:
+        raise UsageError(e.option()) from None
+    return config
+
+
+SETTINGS = ("epochs", "batch", "lr", "pairs", "seed", "crop", "val_count", "clip_grad_norm",
+            "noise")
+"""The options that are a run's settings, checked by config.check_settings like config.json."""
+
+
+def _check_options(args) -> None:
+    """Each setting given on the command line held to what a run can work with, before
+    any mode starts: ``--seed 99999999999999999999`` is one line naming the option, not
+    a traceback from torch.Generator."""
+    try:
+        check_settings({key: getattr(args, key) for key in SETTINGS})
+    except SettingError as e:
+        raise UsageError(e.option()) from None
 
 
 def _model(spec: Spec, config, dtype, args):
@@ -270,12 +288,18 @@ def do_resume(args) -> int:
         record = json.loads(config_path.read_text())
     except ValueError as e:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
-    text = spec_path.read_text()
+    text = _read_text(spec_path)
     spec = parse_spec(text, file=str(spec_path))
     try:
         config = TrainConfig.from_record(spec, record)
+        check_memory(config)
+    except SettingError as e:
+        raise UsageError(f"{config_path}: {e}") from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"{config_path}: the run trains on {config.device}, and no CUDA "
+                         f"device is available here")
     for flag, recorded in (("float64", config.float64), ("tf32", config.tf32)):
         if getattr(args, flag) and not recorded:
             raise UsageError(f"--{flag}: {directory} was trained without it, and a resumed run "
@@ -403,26 +427,21 @@ def do_sweep(args) -> int:
     from .train import Run, prepare_data
 
     spec, text = _spec(args)
-    try:
-        lrs = [float(v) for v in args.lrs.split(",")]
-        batches = [int(v) for v in args.batches.split(",")]
-    except ValueError:
-        raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
     directory = Path(args.run or f"runs/{spec.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     if os.path.lexists(directory):
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")
     dtype = _dtype(args)
+    grid = [(batch, lr, _config(spec, args, batch=batch, lr=lr))  # all checked before any run
+            for batch, lr in _sweep_grid(args)]
     data = prepare_data(_config(spec, args))
     results = []
-    for batch in batches:
-        for lr in lrs:
-            config = _config(spec, args, batch=batch, lr=lr)
-            run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text, _model(spec, config, dtype, args),
-                      config, dtype=dtype, log=lambda *_: None)
-            run.create()
-            run.train(data, progress=not args.no_progress)
-            results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
-            print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
+    for batch, lr, config in grid:
+        run = Run(directory / f"lr{lr:g}-batch{batch}", spec, text,
+                  _model(spec, config, dtype, args), config, dtype=dtype, log=lambda *_: None)
+        run.create()
+        run.train(data, progress=not args.no_progress)
+        results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
+        print(f"lr {lr:g}, batch {batch}: best validation PSNR {run.best:.2f} dB")
 
     def write(temp):
         with open(temp, "w", newline="") as f:
@@ -436,6 +455,24 @@ def do_sweep(args) -> int:
     print(f"best: lr {best['lr']:g}, batch {best['batch']}, {best['val_psnr']:.2f} dB; "
           f"{directory / 'sweep.png'}")
     return 0
+
+
+def _sweep_grid(args) -> list[tuple[int, float]]:
+    """(batch, lr) of each run of a sweep, batch sizes outermost, each value held to what
+    a run can work with like the option it stands for (``--sweep --batches 0`` is an
+    error naming --batches, not a traceback after the first runs)."""
+    try:
+        lrs = [float(v) for v in args.lrs.split(",")]
+        batches = [int(v) for v in args.batches.split(",")]
+    except ValueError:
+        raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
+    for flag, key, values in (("--lrs", "lr", lrs), ("--batches", "batch", batches)):
+        try:
+            for value in values:
+                check_settings({key: value})
+        except SettingError as e:
+            raise UsageError(f"{flag}: {e}") from None
+    return [(batch, lr) for batch in batches for lr in lrs]
 
 
 def do_export(args) -> int:
@@ -533,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
              ("denoise", do_denoise), ("sweep", do_sweep), ("export", do_export)]
     action = next((fn for name, fn in modes if getattr(args, name)), do_summary)
     try:
+        _check_options(args)
         return action(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

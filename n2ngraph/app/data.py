@@ -221,14 +221,18 @@ def _atomic_write(path: Path, write: Callable) -> None:
 # Noise models
 # ---------------------------------------------------------------------------------------
 
-NOISE_FORMS = ("gaussian:SIGMA (SIGMA >= 0, on the 0-255 scale, e.g. gaussian:25)",
-               "poisson:PEAK (photon count at white, PEAK > 0, e.g. poisson:30)",
+NOISE_FORMS = ("gaussian:SIGMA (0 <= SIGMA <= 1000, on the 0-255 scale, e.g. gaussian:25)",
+               "poisson:PEAK (photon count at white, 0.001 <= PEAK <= 1e6, e.g. poisson:30)",
                "bernoulli:P (each pixel set to 0 with probability 0 <= P < 1, e.g. bernoulli:0.5)",
                "none")
+"""The levels are bounded to where noise still means something and float32 holds it:
+beyond sigma 1000 (four times the whole 0-255 range) almost every pixel is clipped to
+black or white, and gaussian:1e308 would overflow; at a million photons the Poisson noise
+is under half a quantisation step, and at 0.001 a white pixel is almost never lit."""
 
 
 def _check_level(noise: "Noise", _attribute, level: float) -> None:
-    ok = {"none": level == 0, "gaussian": level >= 0, "poisson": level > 0,
+    ok = {"none": level == 0, "gaussian": 0 <= level <= 1000, "poisson": 1e-3 <= level <= 1e6,
           "bernoulli": 0 <= level < 1}
     if noise.kind not in ok:
         raise ValueError(f"unknown noise kind {noise.kind!r}; accepted: {'; '.join(NOISE_FORMS)}")
@@ -304,7 +308,8 @@ def parse_noise(text: str) -> Noise:
             return Noise(kind, float(level))
         except ValueError:
             pass
-    raise ValueError(f"bad noise {text!r}; accepted: {'; '.join(NOISE_FORMS)}")
+    quoted = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+    raise ValueError(f"bad noise {quoted}; accepted: {'; '.join(NOISE_FORMS)}")
 
 
 # ---------------------------------------------------------------------------------------
