@@ -26,6 +26,7 @@ from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
 from .config import SettingError, check_memory, check_settings
 from .data import DataError
 from .fileio import WriteError, make_directory
+from .images import ALIGN, TILE
 
 EXAMPLES = """\
 examples:
@@ -116,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
                         "a sharper result)")
     d.add_argument("--out", metavar="DIR", help="where --denoise writes its PNGs")
     d.add_argument("--overwrite", action="store_true", help="let --denoise replace existing files")
+    d.add_argument("--tile", type=int, default=TILE, metavar="N",
+                   help=f"--denoise, --eval on photos: photos larger than one tile go through in "
+                        f"tiles of at most N x N pixels (default {TILE}); smaller tiles take less "
+                        f"memory, a little more time")
     d.add_argument("--steps", type=int, default=20, help="--summary, --profile: steps to time (default 20)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -189,6 +194,9 @@ def _check_options(args) -> None:
         check_settings({key: getattr(args, key) for key in SETTINGS})
     except SettingError as e:
         raise UsageError(e.option()) from None
+    if args.tile < ALIGN:
+        raise UsageError(f"--tile {args.tile}: must be at least {ALIGN} (tiles are cut on a "
+                         f"{ALIGN}-pixel grid)")
 
 
 def _model(spec: Spec, config, dtype, args):
@@ -353,7 +361,8 @@ def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[floa
                   disable=args.no_progress, dynamic_ncols=True)
     for i, (name, clean) in enumerate(listed):
         noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
-        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble)
+        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble,
+                      tile=args.tile)
         reference = clean[None].double() / 255
         before.append(psnr(noisy.double() / 255, reference))
         after.append(psnr(out.double() / 255, reference))
@@ -381,25 +390,20 @@ def _eval_crops(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float
 
 def do_denoise(args) -> int:
     from . import data as datasets
-    from .images import denoise
 
     spec, _ = _spec(args)
     if not args.out:
         raise UsageError("--denoise needs --out DIR for the results")
-    dtype = _dtype(args)
-    photos = [(Path(p), datasets.load_photo(p)) for p in args.denoise]  # all readable first
-    out_dir = Path(args.out)
-    targets = _output_files(out_dir, [f"{path.stem}.png" for path, _ in photos], "--out",
+    sources = [Path(p) for p in args.denoise]
+    targets = _output_files(Path(args.out), [f"{path.stem}.png" for path in sources], "--out",
                             overwrite=args.overwrite, hint="pass --overwrite to replace it")
+    for path in sources:  # each an image, from its header, before the work starts
+        datasets.photo_size(path)
+    dtype = _dtype(args)
     model = _load_weights(spec, args, dtype)
-    make_directory(out_dir)
-    for (path, photo), target in zip(photos, targets):
-        start = time.perf_counter()
-        result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
-                         ensemble=args.ensemble)[0]
-        datasets.save_photo(target, result)
-        h, w = photo.shape[1:]
-        print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")
+    make_directory(Path(args.out))
+    for path, target in zip(sources, targets):
+        _denoise_photo(model, spec, path, target, dtype, args)
     return 0
 
 
@@ -417,6 +421,23 @@ def _output_files(folder: Path, names: list[str], flag: str, *, overwrite: bool 
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists: {hint}")
     return targets
+
+
+def _denoise_photo(model, spec: Spec, path: Path, target: Path, dtype, args) -> None:
+    """One photo decoded, denoised tile by tile into 8 bits, written and let go before
+    the next is read: memory holds one photo's 8-bit pixels and one tile's work, for
+    any number of photos of any size."""
+    from . import data as datasets
+    from .images import denoise
+
+    start = time.perf_counter()
+    photo = datasets.load_photo(path)
+    h, w = photo.shape[1:]
+    result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
+                     ensemble=args.ensemble, tile=args.tile)[0]
+    del photo  # before the PNG encoder takes its own copy of the result
+    datasets.save_photo(target, result)
+    print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")
 
 
 def do_sweep(args) -> int:
