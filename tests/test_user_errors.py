@@ -229,6 +229,11 @@ def test_a_sweep_with_a_batch_size_of_zero(tmp_path, capsys):
     assert not run.exists()  # every grid point checked before the first run is made
 
 
+def test_threads_torch_cannot_take(capsys):
+    _fails(capsys, [SPEC, "--summary", "--steps", "0", "--threads", "99999999999999999999"],
+           "--threads")
+
+
 def test_eval_refuses_a_seed_torch_cannot_take(capsys):
     _fails(capsys, [SPEC, "--eval", "--seed", str(2**64), "--val-count", "4"], "--seed")
 

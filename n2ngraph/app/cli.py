@@ -23,7 +23,7 @@ from ..errors import SpecError
 from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
-from .config import SettingError, check_memory, check_settings
+from .config import MAX_COUNT, SettingError, check_memory, check_settings
 from .data import DataError
 from .fileio import WriteError, make_directory
 from .images import ALIGN, TILE
@@ -581,8 +581,8 @@ def print_profile(compiled, prog, inputs, repeats: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be at least 1", file=sys.stderr)
+        if not 1 <= args.threads <= MAX_COUNT:  # torch.set_num_threads takes a C int
+            print(f"error: --threads must be from 1 to {MAX_COUNT:,}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
     if args.tf32:
