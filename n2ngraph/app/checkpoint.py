@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..runtime.divergence import first_nonfinite_tensor
 from ..runtime.state import mismatched_keys, unloadable
@@ -39,7 +39,8 @@ def save_checkpoint(path: Path, params: dict[str, torch.Tensor], *, spec_text: s
         raise CheckpointError(f"{path}: not written: '{bad}' holds nan or inf values")
     metadata = {"format": "n2ngraph-checkpoint-1", "spec": spec_text,
                 "state": json.dumps(state or {})}
-    write_atomic(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    blob = save(tensors, metadata=metadata)  # written by Python, so a full disk is an OSError
+    write_atomic(path, lambda temp: Path(temp).write_bytes(blob))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict, str]:
@@ -60,7 +61,18 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
         raise CheckpointError(f"{path}: not an n2ngraph checkpoint (no n2ngraph metadata)")
     params = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER)}
     buffers = {k[len(OPTIMIZER):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER)}
-    return params, buffers, json.loads(metadata.get("state", "{}")), metadata.get("spec", "")
+    return params, buffers, _state(path, metadata.get("state", "{}")), metadata.get("spec", "")
+
+
+def _state(path: Path, text: str) -> dict:
+    """The training state a checkpoint's metadata records, as JSON of an object."""
+    try:
+        state = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its training state is not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its training state is not a JSON object")
+    return state
 
 
 def check_params_fit(path, params: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],

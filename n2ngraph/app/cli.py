@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -26,8 +27,10 @@ from ..errors import SpecError
 from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
+from .config import MAX_COUNT, SettingError, check_memory, check_settings
 from .data import DataError
-from .fileio import safe_component
+from .fileio import WriteError, make_directory, safe_component
+from .images import ALIGN, TILE
 from .train import RunDirectoryError, TrainingDiverged
 
 EXAMPLES = """\
@@ -61,20 +64,9 @@ class UsageError(Exception):
     pass
 
 
-USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, RunDirectoryError)
+USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, RunDirectoryError,
+               WriteError)
 DIVERGED = 3  # the exit status of a training run stopped by a nan or an inf
-
-
-def finite_float(text: str) -> float:
-    """A float option's value: a finite number ('nan' and 'inf' parse, but no setting
-    means them), else argparse's one-line error, exit status 2."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,12 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("training (defaults: the spec's train: recipe)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch", type=int)
-    r.add_argument("--lr", type=finite_float, help="learning rate (with --optimizer: its default)")
+    r.add_argument("--lr", type=float, help="learning rate (with --optimizer: its default)")
     r.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help="another optimizer than the spec's, with its default settings")
     r.add_argument("--schedule", choices=list(SCHEDULES),
                    help="another learning-rate schedule than the spec's, with its defaults")
-    r.add_argument("--clip-grad-norm", type=finite_float, metavar="X",
+    r.add_argument("--clip-grad-norm", type=float, metavar="X",
                    help="rescale gradients to global L2 norm <= X (0: no clipping)")
     r.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="random flips and 90-degree rotations of the training pairs")
@@ -137,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
                         "a sharper result)")
     d.add_argument("--out", metavar="DIR", help="where --denoise writes its PNGs")
     d.add_argument("--overwrite", action="store_true", help="let --denoise replace existing files")
+    d.add_argument("--tile", type=int, default=TILE, metavar="N",
+                   help=f"--denoise, --eval on photos: photos larger than one tile go through in "
+                        f"tiles of at most N x N pixels (default {TILE}); smaller tiles take less "
+                        f"memory, a little more time")
     d.add_argument("--steps", type=int, default=20, help="--summary, --profile: steps to time (default 20)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -164,27 +160,23 @@ def _spec(args) -> tuple[Spec, str]:
     return spec, Path(args.spec).read_text()
 
 
+def _read_text(path: Path) -> str:
+    """A run directory's text file, or a UsageError naming it."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def _config(spec: Spec, args, **extra):
     from .config import TrainConfig
-    from .data import parse_noise
 
-    for name in ("epochs", "batch", "pairs", "val_count", "crop"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
     batch = extra.get("batch") or args.batch or spec.train.batch
     pairs = args.pairs or spec.train.pairs
     if batch > pairs:
         raise UsageError(f"--batch {batch} is larger than the {pairs} pairs of an epoch")
-    lr = extra.get("lr", args.lr)  # a --sweep's learning rate, or --lr
-    if lr is not None and not lr > 0:
-        raise UsageError(f"{'--lrs' if 'lr' in extra else '--lr'} must be positive, got {lr:g}")
-    if args.clip_grad_norm is not None and not args.clip_grad_norm >= 0:
-        raise UsageError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
-    try:
-        parse_noise(args.noise)
-    except ValueError as e:
-        raise UsageError(f"--noise: {e}") from None
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data {args.data}: no such file or folder")
     values = dict(epochs=args.epochs, batch=args.batch, lr=args.lr, pairs=args.pairs,
@@ -193,7 +185,30 @@ def _config(spec: Spec, args, **extra):
                   clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop,
                   float64=args.float64 or None, tf32=args.tf32 or None)
     values.update(extra)
-    return TrainConfig.from_spec(spec, **values)
+    config = TrainConfig.from_spec(spec, **values)
+    try:
+        check_memory(config)
+    except SettingError as e:
+        raise UsageError(e.option()) from None
+    return config
+
+
+SETTINGS = ("epochs", "batch", "lr", "pairs", "seed", "crop", "val_count", "clip_grad_norm",
+            "noise")
+"""The options that are a run's settings, checked by config.check_settings like config.json."""
+
+
+def _check_options(args) -> None:
+    """Each setting given on the command line held to what a run can work with, before
+    any mode starts: ``--seed 99999999999999999999`` is one line naming the option, not
+    a traceback from torch.Generator."""
+    try:
+        check_settings({key: getattr(args, key) for key in SETTINGS})
+    except SettingError as e:
+        raise UsageError(e.option()) from None
+    if args.tile < ALIGN:
+        raise UsageError(f"--tile {args.tile}: must be at least {ALIGN} (tiles are cut on a "
+                         f"{ALIGN}-pixel grid)")
 
 
 def _model(spec: Spec, config, dtype, args):
@@ -279,7 +294,7 @@ def do_train(args) -> int:
     _check_max_steps(args)
     spec, text = _spec(args)
     directory = Path(args.run) if args.run else _default_run(spec)
-    if directory.exists():
+    if os.path.lexists(directory):  # a link to nowhere too: mkdir would fail on it
         raise UsageError(f"run directory {directory} already exists: continue it with "
                          f"--resume {directory}, or choose another --run")
     start = None
@@ -319,12 +334,18 @@ def do_resume(args) -> int:
         record = json.loads(config_path.read_text())
     except ValueError as e:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
-    text = spec_path.read_text()
+    text = _read_text(spec_path)
     spec = parse_spec(text, file=str(spec_path))
     try:
         config = TrainConfig.from_record(spec, record)
+        check_memory(config)
+    except SettingError as e:
+        raise UsageError(f"{config_path}: {e}") from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"{config_path}: the run trains on {config.device}, and no CUDA "
+                         f"device is available here")
     for flag, recorded in (("float64", config.float64), ("tf32", config.tf32)):
         if getattr(args, flag) and not recorded:
             raise UsageError(f"--{flag}: {directory} was trained without it, and a resumed run "
@@ -388,7 +409,8 @@ def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[floa
                   disable=args.no_progress, dynamic_ncols=True)
     for i, (name, clean) in enumerate(listed):
         noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
-        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble)
+        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble,
+                      tile=args.tile)
         reference = clean[None].double() / 255
         before.append(psnr(noisy.double() / 255, reference))
         after.append(psnr(out.double() / 255, reference))
@@ -416,30 +438,54 @@ def _eval_crops(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float
 
 def do_denoise(args) -> int:
     from . import data as datasets
-    from .images import denoise
 
     spec, _ = _spec(args)
     if not args.out:
         raise UsageError("--denoise needs --out DIR for the results")
+    sources = [Path(p) for p in args.denoise]
+    targets = _output_files(Path(args.out), [f"{path.stem}.png" for path in sources], "--out",
+                            overwrite=args.overwrite, hint="pass --overwrite to replace it")
+    for path in sources:  # each an image, from its header, before the work starts
+        datasets.photo_size(path)
     dtype = _dtype(args)
-    photos = [(Path(p), datasets.load_photo(p)) for p in args.denoise]  # all readable first
-    out_dir = Path(args.out)
-    targets = [out_dir / f"{path.stem}.png" for path, _ in photos]
+    model = _load_weights(spec, args, dtype)
+    make_directory(Path(args.out))
+    for path, target in zip(sources, targets):
+        _denoise_photo(model, spec, path, target, dtype, args)
+    return 0
+
+
+def _output_files(folder: Path, names: list[str], flag: str, *, overwrite: bool = False,
+                  hint: str = "choose another folder") -> list[Path]:
+    """The files ``names`` in ``folder`` (option ``flag``), checked before any work: the
+    folder is one (or is not there yet), no two names collide, none is there already
+    unless ``overwrite``; else a UsageError, with ``hint`` for a file already there."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+    targets = [folder / name for name in names]
     if len(set(targets)) != len(targets):
         raise UsageError("two inputs share a file name; their outputs would collide")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.overwrite:
-        raise UsageError(f"{existing[0]} exists (pass --overwrite to replace it)")
-    model = _load_weights(spec, args, dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for (path, photo), target in zip(photos, targets):
-        start = time.perf_counter()
-        result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
-                         ensemble=args.ensemble)[0]
-        datasets.save_photo(target, result)
-        h, w = photo.shape[1:]
-        print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")
-    return 0
+    existing = [str(t) for t in targets if os.path.lexists(t)]
+    if existing and not overwrite:
+        raise UsageError(f"{existing[0]} exists: {hint}")
+    return targets
+
+
+def _denoise_photo(model, spec: Spec, path: Path, target: Path, dtype, args) -> None:
+    """One photo decoded, denoised tile by tile into 8 bits, written and let go before
+    the next is read: memory holds one photo's 8-bit pixels and one tile's work, for
+    any number of photos of any size."""
+    from . import data as datasets
+    from .images import denoise
+
+    start = time.perf_counter()
+    photo = datasets.load_photo(path)
+    h, w = photo.shape[1:]
+    result = denoise(model, spec, photo[None], device=model.device, dtype=dtype,
+                     ensemble=args.ensemble, tile=args.tile)[0]
+    del photo  # before the PNG encoder takes its own copy of the result
+    datasets.save_photo(target, result)
+    print(f"{path} ({w}x{h}) -> {target} in {time.perf_counter() - start:.2f} s")
 
 
 def do_sweep(args) -> int:
@@ -450,38 +496,30 @@ def do_sweep(args) -> int:
     from .train import Run, prepare_data
 
     spec, text = _spec(args)
-    try:
-        lrs = [finite_float(v) for v in args.lrs.split(",")]
-        batches = [int(v) for v in args.batches.split(",")]
-    except (ValueError, argparse.ArgumentTypeError):
-        raise UsageError("--lrs and --batches are comma-separated finite numbers, e.g. "
-                         "--lrs 0.1,1") from None
-    for lr in lrs:
-        _config(spec, args, lr=lr)  # every learning rate checked before the first run
     directory = Path(args.run) if args.run else _default_run(spec, "-sweep")
-    if directory.exists():
+    if os.path.lexists(directory):
         raise UsageError(f"sweep directory {directory} already exists; choose another --run")
     dtype = _dtype(args)
+    grid = [(batch, lr, _config(spec, args, batch=batch, lr=lr))  # all checked before any run
+            for batch, lr in _sweep_grid(args)]
     data = prepare_data(_config(spec, args))
     results = []
-    for batch in batches:
-        for lr in lrs:
-            config = _config(spec, args, batch=batch, lr=lr)
-            with Run(directory / f"lr{lr:g}-batch{batch}", spec, text,
-                     _model(spec, config, dtype, args), config, dtype=dtype,
-                     log=lambda *_: None) as run:
-                run.create()
-                try:
-                    run.train(data, progress=not args.no_progress)
-                    outcome = f"best validation PSNR {run.best:.2f} dB"
-                except TrainingDiverged as e:  # one point of the grid: the sweep goes on
-                    outcome = str(e)
-            if run.stopped_by:  # Ctrl-C or SIGTERM stops the sweep, not just this run
-                print(f"sweep stopped by {signal.Signals(run.stopped_by).name} during lr {lr:g}, "
-                      f"batch {batch}; its runs so far are in {directory}", file=sys.stderr)
-                return 128 + run.stopped_by
-            results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
-            print(f"lr {lr:g}, batch {batch}: {outcome}")
+    for batch, lr, config in grid:
+        with Run(directory / f"lr{lr:g}-batch{batch}", spec, text,
+                 _model(spec, config, dtype, args), config, dtype=dtype,
+                 log=lambda *_: None) as run:
+            run.create()
+            try:
+                run.train(data, progress=not args.no_progress)
+                outcome = f"best validation PSNR {run.best:.2f} dB"
+            except TrainingDiverged as e:  # one point of the grid: the sweep goes on
+                outcome = str(e)
+        if run.stopped_by:  # Ctrl-C or SIGTERM stops the sweep, not just this run
+            print(f"sweep stopped by {signal.Signals(run.stopped_by).name} during lr {lr:g}, "
+                  f"batch {batch}; its runs so far are in {directory}", file=sys.stderr)
+            return 128 + run.stopped_by
+        results.append({"lr": lr, "batch": batch, "val_psnr": run.best})
+        print(f"lr {lr:g}, batch {batch}: {outcome}")
 
     def write(temp):
         with open(temp, "w", newline="") as f:
@@ -500,6 +538,24 @@ def do_sweep(args) -> int:
     return 0
 
 
+def _sweep_grid(args) -> list[tuple[int, float]]:
+    """(batch, lr) of each run of a sweep, batch sizes outermost, each value held to what
+    a run can work with like the option it stands for (``--sweep --batches 0`` is an
+    error naming --batches, not a traceback after the first runs)."""
+    try:
+        lrs = [float(v) for v in args.lrs.split(",")]
+        batches = [int(v) for v in args.batches.split(",")]
+    except ValueError:
+        raise UsageError("--lrs and --batches are comma-separated numbers, e.g. --lrs 0.1,1") from None
+    for flag, key, values in (("--lrs", "lr", lrs), ("--batches", "batch", batches)):
+        try:
+            for value in values:
+                check_settings({key: value})
+        except SettingError as e:
+            raise UsageError(f"{flag}: {e}") from None
+    return [(batch, lr) for batch in batches for lr in lrs]
+
+
 def do_export(args) -> int:
     from . import data as datasets
     from .train import prepare_data
@@ -507,13 +563,10 @@ def do_export(args) -> int:
     spec, _ = _spec(args)
     config = _config(spec, args)
     out = Path(args.export)
-    targets = [out / "train_data.pkl", out / "val_data.pkl"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing:
-        raise UsageError(f"{existing[0]} exists; choose another folder")
+    targets = _output_files(out, ["train_data.pkl", "val_data.pkl"], "--export")
     data = prepare_data(config)
     a, b = data.make_pairs(0)
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     datasets.save_pairs(targets[0], a, b)
     datasets.save_pairs(targets[1], data.val_noisy, data.val_clean)
     print(f"wrote {targets[0]} ({len(a)} noisy/noisy pairs) and {targets[1]} "
@@ -588,8 +641,8 @@ def print_profile(compiled, prog, inputs, repeats: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be at least 1", file=sys.stderr)
+        if not 1 <= args.threads <= MAX_COUNT:  # torch.set_num_threads takes a C int
+            print(f"error: --threads must be from 1 to {MAX_COUNT:,}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
     if args.tf32:
@@ -598,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
              ("denoise", do_denoise), ("sweep", do_sweep), ("export", do_export)]
     action = next((fn for name, fn in modes if getattr(args, name)), do_summary)
     try:
+        _check_options(args)
         return action(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
@@ -605,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return DIVERGED
+    except OSError as e:  # a file the system refused where no check above names it better
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
         print("interrupted", file=sys.stderr)
         return 130

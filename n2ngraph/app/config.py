@@ -5,13 +5,23 @@ line's overrides applied; the run adds where its data comes from, the device and
 arithmetic. A run directory records them in ``config.json``, in the flat layout runs have
 always been saved in, beside the spec text (``spec.yaml``) that holds the rest of the
 recipe: ``--resume`` rebuilds the same settings from the two.
+
+``check_settings`` holds every setting to the type and range a run can work with, for
+the command line and for ``config.json`` alike, and ``check_memory`` an epoch's pairs
+to the memory there is, before anything is made or written.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import attrs
 
-from ..compiler.spec import OptimizerSpec, ScheduleSpec, Spec, TrainSpec
+from ..compiler.spec import (MAX_SEED, OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec, Spec,
+                             TrainSpec)
+from .data import parse_noise, source_kind
 
 RECIPE_OVERRIDES = {f.name for f in attrs.fields(TrainSpec)} | {"lr"}
 """What may override the recipe: its fields by name (the optimizer and the schedule
@@ -54,11 +64,19 @@ class TrainConfig:
     def from_record(cls, spec: Spec, record: dict) -> "TrainConfig":
         """The settings ``record()`` wrote, with ``spec`` (the run's spec.yaml) for the
         rest of the recipe. A record without the run's size (epochs, batch, lr, pairs,
-        seed, crop) is a TypeError: runs have always recorded them."""
+        seed, crop) is a TypeError: runs have always recorded them; a value of the wrong
+        type or out of range (an edited or damaged file) is a SettingError."""
+        if not isinstance(record, dict):
+            raise TypeError("not a JSON object")
         missing = [k for k in ("epochs", "batch", "lr", "pairs", "seed", "crop") if k not in record]
         if missing:
             raise TypeError(f"no {', '.join(missing)}")
-        return cls.from_spec(spec, **record)
+        check_settings(record)
+        config = cls.from_spec(spec, **record)
+        if config.recipe.batch > config.recipe.pairs:
+            raise SettingError("batch", config.recipe.batch,
+                               f"is larger than the {config.recipe.pairs} pairs of an epoch")
+        return config
 
 
 def overridden(recipe: TrainSpec, *, optimizer: str | None = None, lr: float | None = None,
@@ -75,3 +93,147 @@ def overridden(recipe: TrainSpec, *, optimizer: str | None = None, lr: float | N
     if schedule is not None and schedule != plan.name:
         plan = ScheduleSpec(name=schedule)
     return attrs.evolve(recipe, optimizer=chosen, schedule=plan, **fields)
+
+
+# ---- what a run can work with ----------------------------------------------------------
+
+MAX_COUNT = 2**31 - 1
+"""The most epochs, pairs, crops... a count may ask for: far beyond any run, and below
+what a tensor's size or a step index can hold."""
+
+
+class SettingError(ValueError):
+    """A setting of the wrong type or out of range: ``key`` as config.json names it (the
+    command line's option is ``--key``), its ``value`` and the ``problem``."""
+
+    def __init__(self, key: str, value, problem: str):
+        self.key, self.value, self.problem = key, value, problem
+        super().__init__(f"{key} {_excerpt(value)}: {problem}")
+
+    def option(self) -> str:
+        """The message, naming the command line's option: ``--seed 2e40: ...``."""
+        return f"--{self.key.replace('_', '-')} {_excerpt(self.value, quote=False)}: {self.problem}"
+
+
+def _excerpt(value, quote: bool = True) -> str:
+    """``value`` as a message quotes it: short, whatever a config.json holds."""
+    if _is_int(value) and abs(value) >= 10**30:
+        return f"(a {value.bit_length()}-bit number)"  # str() of a huge int is slow, or refused
+    text = repr(value) if quote or not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _count(value) -> str | None:
+    return None if _is_int(value) and 1 <= value <= MAX_COUNT else \
+        f"must be a whole number from 1 to {MAX_COUNT:,}"
+
+
+def _noise(value) -> str | None:
+    if not isinstance(value, str):
+        return "must be a noise model like gaussian:25"
+    try:
+        parse_noise(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+_CHECKS = {
+    **dict.fromkeys(("epochs", "batch", "pairs", "crop", "val_count"), _count),
+    "seed": lambda v: None if _is_int(v) and 0 <= v <= MAX_SEED else
+    f"must be a whole number from 0 to {MAX_SEED} (the run's random generators are seeded from it)",
+    "lr": lambda v: None if _is_number(v) and v > 0 else "must be a finite number > 0",
+    "clip_grad_norm": lambda v: None if _is_number(v) and v >= 0 else
+    "must be a finite number >= 0 (0: no clipping)",
+    "noise": _noise,
+    "optimizer": lambda v: None if v in OPTIMIZERS else f"must be one of {', '.join(OPTIMIZERS)}",
+    "schedule": lambda v: None if v in SCHEDULES else f"must be one of {', '.join(SCHEDULES)}",
+    **dict.fromkeys(("data", "from_weights"), lambda v: None if isinstance(v, str) else
+                    "must be a path"),
+    "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v.startswith("cuda")) else
+    "must be cpu or cuda",
+    **dict.fromkeys(("augment", "float64", "tf32"), lambda v: None if isinstance(v, bool) else
+                    "must be true or false"),
+}
+
+
+def check_settings(values: dict) -> None:
+    """Each of ``values`` (by config.json's names; None: not given) of the type and in the
+    range a run can work with, else a SettingError naming the first that is not: a
+    seed torch.Generator cannot take, a noise level that overflows float32, a batch of 0
+    fail here, before any file is written, rather than as a traceback minutes later."""
+    for key, value in values.items():
+        check = _CHECKS.get(key)
+        problem = check(value) if check is not None and value is not None else None
+        if problem:
+            raise SettingError(key, value, problem)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take, as far as the system says: the kernel's
+    MemAvailable, or less where a cgroup (a container, a job scheduler) caps it; where
+    there is no /proc (macOS), the physical memory; None where nothing can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        try:
+            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows), or no such name
+            pass
+    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2, then v1
+                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            root = Path("/sys/fs/cgroup")
+            found.append(int((root / limit).read_text()) - int((root / usage).read_text()))
+        except (OSError, ValueError):  # absent, or "max": no cap
+            pass
+    return min(found) if found else None
+
+
+def memory_needed(config: TrainConfig) -> tuple[int, int]:
+    """(bytes of an epoch's pairs, bytes of the validation crops), uint8, made whole up
+    front: the clean crops and two noisy views of each (and with ``augment`` the two
+    turned copies); the validation set's noisy and clean crops."""
+    r = config.recipe
+    crop = 3 * r.crop * r.crop
+    pairs = 0 if source_kind(config.data) == "pairs" else r.pairs * crop * (5 if r.augment else 3)
+    return pairs, config.val_count * crop * 2
+
+
+def check_memory(config: TrainConfig, available: int | None = None) -> None:
+    """A SettingError when an epoch's pairs or the validation crops need more memory
+    than there is (``available``, else ``available_memory()``): caught here, before the
+    run directory is made, not by the allocator partway into the first epoch."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    pairs, validation = memory_needed(config)
+    r = config.recipe
+    if validation > available:
+        raise SettingError("val_count", config.val_count,
+                           f"{config.val_count:,} validation crops of {r.crop}x{r.crop} need "
+                           f"{_size(validation)}, more than the {_size(available)} of memory free")
+    if pairs + validation > available:
+        raise SettingError("pairs", r.pairs,
+                           f"an epoch's {r.pairs:,} pairs of {r.crop}x{r.crop} crops need "
+                           f"{_size(pairs)}, more than the {_size(available - validation)} of "
+                           f"memory free: fewer pairs, or a smaller crop")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

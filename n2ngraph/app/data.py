@@ -24,6 +24,7 @@ bad argument never leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -39,7 +40,7 @@ from .fileio import atomic_path
 
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
-    "source_kind", "load_photo", "load_folder", "save_photo", "Noise", "parse_noise",
+    "source_kind", "photo_size", "load_photo", "load_folder", "save_photo", "Noise", "parse_noise",
     "random_crops", "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
 ]
 
@@ -120,8 +121,13 @@ def source_kind(source: str | os.PathLike | None) -> str:
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _from_hwc(array: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+def _from_hwc(array: np.ndarray, out: Tensor | None = None) -> Tensor:
+    """uint8 (H, W, 3) -> uint8 (3, H, W), copied once into ``out`` (else a new
+    tensor). ``array`` is only read, so it may be a read-only view of Pillow's pixels."""
+    if out is None:
+        out = torch.empty((array.shape[2], *array.shape[:2]), dtype=torch.uint8)
+    out.numpy()[...] = array.transpose(2, 0, 1)
+    return out
 
 
 def _check_readable(path: Path) -> None:
@@ -131,37 +137,70 @@ def _check_readable(path: Path) -> None:
         raise DataError(path, "is a directory, expected a file")
 
 
-def _to_rgb(image, path: Path):
-    """Any common mode to 8-bit RGB. Greyscale is repeated over the channels, alpha is
-    dropped, palettes are expanded; 16-bit greyscale is scaled down (Pillow's own
-    conversion would clip it to 255, turning most of the photo white)."""
+BAND_PIXELS = 2**20
+"""A decoded photo is copied out of Pillow a band of about this many pixels at a time."""
+
+
+def _to_rgb(image, path: Path) -> Tensor:
+    """Any common mode to 8-bit RGB ``(3, H, W)``. Greyscale is repeated over the
+    channels, alpha is dropped, palettes are expanded; 16-bit greyscale is scaled down
+    (Pillow's own conversion would clip it to 255, turning most of the photo white).
+    An RGB photo is copied out in bands of rows: at once only Pillow's pixels (4 bytes
+    a pixel), the result (3) and a band are held, where a whole-image array would hold
+    two more copies of it while it is made."""
     if image.mode.startswith("I;16"):
         values = np.asarray(image, dtype=np.float64) / 257.0
         grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return _from_hwc(np.repeat(grey[:, :, None], 3, axis=2))
     if image.mode in ("I", "F"):
         raise DataError(path, f"unsupported image mode {image.mode} (32-bit samples)")
-    return np.array(image.convert("RGB"))  # a writable copy: torch warns on read-only
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = rgb.size
+    out = torch.empty((3, height, width), dtype=torch.uint8)
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        _from_hwc(np.asarray(rgb.crop((0, top, width, bottom))), out[:, top:bottom])
+    return out
 
 
-def load_photo(path: str | os.PathLike) -> Tensor:
-    """Read one photo as uint8 ``(3, H, W)`` RGB, upright (EXIF orientation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextlib.contextmanager
+def _pillow_errors(path: Path) -> Iterator[None]:
+    """Pillow's errors about the file at ``path`` as one DataError naming it."""
+    from PIL import UnidentifiedImageError
     from PIL.Image import DecompressionBombError
 
-    path = Path(path)
-    _check_readable(path)
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here, not later
-            image = ImageOps.exif_transpose(image)
-            return _from_hwc(_to_rgb(image, path))
+        yield
     except UnidentifiedImageError:
         raise DataError(path, "not an image (cannot identify image file)") from None
     except DecompressionBombError as exc:
         raise DataError(path, f"image too large to load safely ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's decoders raise all three
         raise DataError(path, f"corrupt or unreadable image ({_first_line(exc)})") from None
+
+
+def photo_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of a photo from its file's header, without decoding the pixels: a
+    check that each of many inputs is an image before the work on the first one starts."""
+    from PIL import Image
+
+    path = Path(path)
+    _check_readable(path)
+    with _pillow_errors(path), Image.open(path) as image:
+        return image.size
+
+
+def load_photo(path: str | os.PathLike) -> Tensor:
+    """Read one photo as uint8 ``(3, H, W)`` RGB, upright (EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    _check_readable(path)
+    with _pillow_errors(path), Image.open(path) as image:
+        image.load()  # decode now, so a truncated file fails here, not later
+        ImageOps.exif_transpose(image, in_place=True)
+        return _to_rgb(image, path)
 
 
 def load_folder(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -221,14 +260,18 @@ def _atomic_write(path: Path, write: Callable) -> None:
 # Noise models
 # ---------------------------------------------------------------------------------------
 
-NOISE_FORMS = ("gaussian:SIGMA (SIGMA >= 0, on the 0-255 scale, e.g. gaussian:25)",
-               "poisson:PEAK (photon count at white, PEAK > 0, e.g. poisson:30)",
+NOISE_FORMS = ("gaussian:SIGMA (0 <= SIGMA <= 1000, on the 0-255 scale, e.g. gaussian:25)",
+               "poisson:PEAK (photon count at white, 0.001 <= PEAK <= 1e6, e.g. poisson:30)",
                "bernoulli:P (each pixel set to 0 with probability 0 <= P < 1, e.g. bernoulli:0.5)",
                "none")
+"""The levels are bounded to where noise still means something and float32 holds it:
+beyond sigma 1000 (four times the whole 0-255 range) almost every pixel is clipped to
+black or white, and gaussian:1e308 would overflow; at a million photons the Poisson noise
+is under half a quantisation step, and at 0.001 a white pixel is almost never lit."""
 
 
 def _check_level(noise: "Noise", _attribute, level: float) -> None:
-    ok = {"none": level == 0, "gaussian": level >= 0, "poisson": level > 0,
+    ok = {"none": level == 0, "gaussian": 0 <= level <= 1000, "poisson": 1e-3 <= level <= 1e6,
           "bernoulli": 0 <= level < 1}
     if noise.kind not in ok:
         raise ValueError(f"unknown noise kind {noise.kind!r}; accepted: {'; '.join(NOISE_FORMS)}")
@@ -304,7 +347,8 @@ def parse_noise(text: str) -> Noise:
             return Noise(kind, float(level))
         except ValueError:
             pass
-    raise ValueError(f"bad noise {text!r}; accepted: {'; '.join(NOISE_FORMS)}")
+    quoted = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+    raise ValueError(f"bad noise {quoted}; accepted: {'; '.join(NOISE_FORMS)}")
 
 
 # ---------------------------------------------------------------------------------------

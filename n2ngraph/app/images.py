@@ -3,7 +3,9 @@
 Strided convolutions and upsampling only map sizes that are multiples of some factor
 back to themselves (4 for the seed net). Rather than assume the factor, ask the
 compiler's shape inference for the smallest size >= the photo's that comes back
-unchanged, pad the photo to it by mirroring its border, and crop the result.
+unchanged, pad the photo to it by mirroring its border, and crop the result. Large
+photos go through in tiles (``TILE``), each cut from the 8-bit photo and rounded back
+to 8 bits on its own, so memory does not grow with the photo's float32 copies.
 """
 
 from __future__ import annotations
@@ -41,11 +43,16 @@ def fitting_shape(spec: Spec, height: int, width: int) -> tuple[int, int]:
 def mirror_pad(x: torch.Tensor, height: int, width: int, top: int = 0, left: int = 0) -> torch.Tensor:
     """(N, C, H, W) extended to (height, width) by reflection, ``top`` rows above and
     ``left`` columns to the left, the rest below and to the right (the pad op's
-    'reflect', repeated for pads larger than the image)."""
+    'reflect', repeated for pads larger than the image). A negative ``top`` or ``left``
+    starts that far inside: a window of the mirrored photo, which reads only the part
+    of ``x`` the window covers."""
     h, w = x.shape[2:]
-    rows = torch.tensor([reflected(i, h) for i in range(-top, height - top)], device=x.device)
-    cols = torch.tensor([reflected(j, w) for j in range(-left, width - left)], device=x.device)
-    return x.index_select(2, rows).index_select(3, cols)
+    rows = [reflected(i, h) for i in range(-top, height - top)]
+    cols = [reflected(j, w) for j in range(-left, width - left)]
+    r0, c0 = min(rows), min(cols)
+    covered = x[:, :, r0:max(rows) + 1, c0:max(cols) + 1]
+    return (covered.index_select(2, torch.tensor(rows, device=x.device) - r0)
+            .index_select(3, torch.tensor(cols, device=x.device) - c0))
 
 
 def self_ensemble(forward, x: torch.Tensor) -> torch.Tensor:
@@ -67,9 +74,11 @@ def self_ensemble(forward, x: torch.Tensor) -> torch.Tensor:
 
 TILE = 1024
 """Photos of more pixels than one window (TILE + 2 * TILE_MARGIN square) are denoised a
-tile at a time: an inference plan holds every activation of its input, and the U-Net's
-took 3.0 GB for a 2000x1500 photo in one piece, 1.3 GB in tiles (peak RSS of
-``--denoise``, one thread), which stays so for photos of any size."""
+tile at a time: an inference plan holds every activation of its input. Peak RSS of
+``--denoise`` through the U-Net, one thread (tools/peak_memory): a 2000x1500 photo
+2,949 MiB in one piece, 1,253 MiB in tiles; in tiles of the full 1152x1152 window, a
+2048x2048 photo 1,556 MiB and a 6000x4000 one 1,642 MiB: beyond the window's work a
+photo costs about 5 bytes a pixel (its 8-bit pixels in and out)."""
 
 TILE_MARGIN = 64
 """Context on every side of a tile, computed and thrown away: wider than the U-Net's
@@ -85,23 +94,46 @@ def denoise(model, spec: Spec, photos: torch.Tensor, *, device="cpu", dtype=torc
     """uint8 (N, 3, H, W) -> denoised uint8 of the same shape, any H and W; with
     ``ensemble``, the mean over the eight orientations (``self_ensemble``). Photos
     larger than a window go through in tiles of at most ``tile`` pixels a side
-    (``tile=None``: whole)."""
-    return to_uint8(denoise_float(model, spec, photos.to(device=device, dtype=dtype) / 255,
-                                  ensemble=ensemble, tile=tile, margin=margin))
+    (``tile=None``: whole).
+
+    Only a window is ever in floating point, and only it goes to the device: each is
+    cut from the 8-bit photo, scaled to [0, 1], run, rounded back to 8 bits and put in
+    place. So a photo of any size costs its 8-bit pixels in and out, and a window's
+    work. The result is channels-last in memory (N, H, W, 3 underneath), the layout an
+    image file wants, so saving it copies nothing."""
+    out = torch.empty(photos.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+    forward = _forward(model, ensemble)
+    _each_window(photos, out, lambda part: forward(part.to(device=device, dtype=dtype).div_(255)),
+                 to_uint8, _windows(spec, *photos.shape[2:], tile, margin))
+    return out
 
 
 def denoise_float(model, spec: Spec, x: torch.Tensor, *, ensemble: bool = False,
                   tile: int | None = TILE, margin: int = TILE_MARGIN) -> torch.Tensor:
     """``denoise`` on values in [0, 1], before rounding to 8 bits."""
-    run = functools.partial(self_ensemble, model.forward) if ensemble else model.forward
-    n, c, h, w = x.shape
+    out = torch.empty_like(x)
+    _each_window(x, out, _forward(model, ensemble), lambda y: y,
+                 _windows(spec, *x.shape[2:], tile, margin))
+    return out
+
+
+def _forward(model, ensemble: bool):
+    return functools.partial(self_ensemble, model.forward) if ensemble else model.forward
+
+
+def _windows(spec: Spec, h: int, w: int, tile: int | None, margin: int):
+    """The windows an h x w photo goes through, each ``(top, left, height, width, m)``:
+    where it starts in the photo (negative: in the mirrored surroundings), its size, and
+    the margin ``m`` of context around its centre that is computed and thrown away.
+    Tiles all share one size, so one compiled plan runs them all; a photo within one
+    window, or a network no tile size fits, goes whole, mirrored up to a size it keeps."""
     if tile is not None and h * w > (tile + 2 * margin) ** 2:
         th, tw = _tile_side(h, tile), _tile_side(w, tile)
         window = (th + 2 * margin, tw + 2 * margin)
         if fitting_shape(spec, *window) == window:
-            return _tiled(run, x, th, tw, margin)
-    fit_h, fit_w = fitting_shape(spec, h, w)
-    return run(mirror_pad(x, fit_h, fit_w))[:, :, :h, :w]
+            return [(y0 - margin, x0 - margin, *window, margin)
+                    for y0 in range(0, h, th) for x0 in range(0, w, tw)]
+    return [(0, 0, *fitting_shape(spec, h, w), 0)]
 
 
 def _tile_side(size: int, most: int) -> int:
@@ -111,21 +143,16 @@ def _tile_side(size: int, most: int) -> int:
     return -(-size // (count * ALIGN)) * ALIGN
 
 
-def _tiled(run, x: torch.Tensor, th: int, tw: int, margin: int) -> torch.Tensor:
-    """``run`` over windows of one size (one compiled plan): each a th x tw tile and its
-    margin, cut from the photo mirrored outwards by ``margin`` and up to whole tiles;
-    the windows' centres laid side by side."""
-    n, c, h, w = x.shape
-    rows, cols = -(-h // th), -(-w // tw)
-    canvas = mirror_pad(x, rows * th + 2 * margin, cols * tw + 2 * margin, margin, margin)
-    out = torch.empty(n, c, rows * th, cols * tw, dtype=x.dtype, device=x.device)
-    for i in range(rows):
-        for j in range(cols):
-            y0, x0 = i * th, j * tw
-            window = canvas[:, :, y0:y0 + th + 2 * margin, x0:x0 + tw + 2 * margin]
-            out[:, :, y0:y0 + th, x0:x0 + tw] = run(window.contiguous())[
-                :, :, margin:margin + th, margin:margin + tw]
-    return out[:, :, :h, :w]
+def _each_window(source: torch.Tensor, out: torch.Tensor, run, finish, windows) -> None:
+    """For each window of ``windows`` (``_windows``): cut it from ``source``, mirrored
+    where it reaches past the border, ``run`` it, and write ``finish`` of its centre,
+    less what lies past the photo, into ``out`` where the centre belongs."""
+    h, w = source.shape[2:]
+    for top, left, height, width, m in windows:
+        y0, x0 = top + m, left + m
+        rows, cols = min(height - 2 * m, h - y0), min(width - 2 * m, w - x0)
+        result = run(mirror_pad(source, height, width, -top, -left).contiguous())
+        out[:, :, y0:y0 + rows, x0:x0 + cols] = finish(result[:, :, m:m + rows, m:m + cols])
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ import yaml
 from ..errors import SpecError
 from ..ops import OPS, Op
 from .shapes import check_shapes
-from .spec import (INITS, OPTIMIZERS, SCHEDULES, InputSpec, NodeSpec, OptimizerSpec, ScheduleSpec,
-                   Spec, TrainSpec)
+from .spec import (INITS, MAX_SEED, OPTIMIZERS, SCHEDULES, InputSpec, NodeSpec, OptimizerSpec,
+                   ScheduleSpec, Spec, TrainSpec)
 
 # ---- a YAML loader that keeps line numbers and refuses duplicate keys -----------------
 
@@ -144,6 +144,9 @@ def _name(doc) -> str:
     name = doc.get("name", "network")
     if not isinstance(name, str):
         raise SpecError(f"expected a string, got {name!r}", line=_line(doc, "name"), field="name")
+    if not name.isprintable():  # it names files: the run directory, the shipped weights
+        raise SpecError("a name has no control characters (NUL, newline, tab...)",
+                        line=_line(doc, "name"), field="name")
     return name
 
 
@@ -274,6 +277,9 @@ def _train(raw, line) -> TrainSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise SpecError(f"expected an integer >= {minimum}, got {value!r}", line=where,
                                 field=f"train.{key}")
+            if key == "seed" and value > MAX_SEED:
+                raise SpecError(f"expected a seed from 0 to {MAX_SEED}", line=where,
+                                field="train.seed")
             values[key] = value
     return TrainSpec(**values)
 

@@ -113,6 +113,12 @@ class ScheduleSpec:
     rampup_fraction: float = _setting(0.0)
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed: a run seeds its generators with numbers derived from it (seed x
+1,000,003 + epoch), which torch.Generator takes only below 2**64; numpy keeps seeds to
+32 bits too."""
+
+
 @attrs.frozen
 class TrainSpec:
     """The training recipe a spec carries; command-line options override it."""
