@@ -296,3 +296,25 @@ def test_check_settings_names_the_setting(values):
     with pytest.raises(SettingError) as info:
         check_settings(values)
     assert info.value.key == key and info.value.option().startswith(f"--{key.replace('_', '-')} ")
+
+
+@pytest.mark.parametrize("change", [{"step": None}, {"epoch": "1"}, {"running": [1.0]},
+                                    {"optimizer_steps": -1}, {"best": True},
+                                    {"metrics": "rows"}], ids=str)
+def test_a_resumed_checkpoint_missing_part_of_its_training_state(tmp_path, capsys, change):
+    """Valid JSON, but not the state a run resumes from: one line naming the checkpoint
+    and the key, before anything is loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    assert main([SPEC, "--train", "--run", str(run), *QUICK, "--max-steps", "1"]) == 0
+    last = run / "last.safetensors"
+    with safe_open(last, framework="pt") as f:
+        metadata = f.metadata()
+    state = json.loads(metadata["state"])
+    (key, value), = change.items()
+    state.pop(key) if value is None else state.update(change)
+    save_file(load_file(last), last, metadata={**metadata, "state": json.dumps(state)})
+    capsys.readouterr()
+    _fails(capsys, ["--resume", str(run), "--no-progress"], str(last), f"'{key}'")

@@ -233,6 +233,28 @@ class TrainingDiverged(Exception):
     non-finite; the checkpoints it wrote before stay as they were."""
 
 
+_STATE_KEYS = {"epoch": int, "step": int, "best": (int, float), "running": list,
+               "optimizer_steps": int}
+
+
+def check_training_state(path: Path, state: dict) -> None:
+    """A CheckpointError naming ``path`` unless its training state has every key a run
+    resumes from, of the right kind: checked before anything is loaded, so a damaged
+    checkpoint is one line, never a KeyError halfway through restoring."""
+    for key, kind in _STATE_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found = "missing" if key not in state else f"{type(value).__name__} {value!r:.40}"
+            raise CheckpointError(f"{path}: its training state's '{key}' is {found}")
+        if kind is int and value < 0:
+            raise CheckpointError(f"{path}: its training state's '{key}' is negative ({value})")
+    running = state["running"]
+    if len(running) != 2 or not all(isinstance(v, (int, float)) for v in running):
+        raise CheckpointError(f"{path}: its training state's 'running' is not [loss sum, steps]")
+    if not isinstance(state.get("metrics", []), list):
+        raise CheckpointError(f"{path}: its training state's 'metrics' is not a list")
+
+
 class Run:
     """One training run in its directory; ``train()`` continues from wherever it is.
 
@@ -318,6 +340,7 @@ class Run:
     def restore(self) -> None:
         path = self.dir / "last.safetensors"
         params, buffers, state, _ = load_checkpoint(path)
+        check_training_state(path, state)
         check_params_fit(path, params, self.model.state_dict(), self.spec.name)
         check_loadable(path, buffers)
         self.model.load_state_dict(params)
