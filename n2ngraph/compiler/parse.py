@@ -5,7 +5,8 @@ mapping and key, so each error can point at the line to fix. Everything is check
 that can be checked without image sizes: known ops and attributes, types and ranges,
 references, duplicates and cycles. Shapes are checked by ``shapes.infer_shapes``, which
 ``parse_spec`` runs once on the recipe's crop size so a channel mismatch is reported at
-load time. The format is documented in README.md, "The spec format".
+load time, and parameters that cannot fit in memory are refused (``fit.py``). The format
+is documented in README.md, "The spec format".
 
 Hostile text costs no more than its size: the loader refuses nesting deeper than
 ``MAX_DEPTH``, aliases standing for more than ``ALIAS_BUDGET`` nodes and integers that do
@@ -24,6 +25,7 @@ import yaml
 
 from ..errors import SpecError, excerpt
 from ..ops import OPS, Op
+from .fit import check_params_fit, host_available_bytes
 from .shapes import check_shapes
 from .spec import (INITS, OPTIMIZERS, SCHEDULES, InputSpec, NodeSpec, OptimizerSpec, ScheduleSpec,
                    Spec, TrainSpec)
@@ -210,6 +212,7 @@ def parse_spec(text: str, file: str | None = None) -> Spec:
             raise SpecError("spec is not valid Unicode text") from None
         spec = _build(doc, file)
         check_shapes(spec)
+        check_params_fit(spec, host_available_bytes())
         return spec
     except SpecError as e:
         raise e.located(file) from None
