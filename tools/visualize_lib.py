@@ -18,6 +18,9 @@
   buffer it lives in (one colour per buffer), under it the live bytes per schedule
   step against a buffer per value (no reuse).
 
+A picture of more than ``MAX_BOXES`` (1,000) boxes is refused (exit status 2): the
+spec's nodes are counted before compiling, the picture's boxes before drawing.
+
 The picture is built once, as boxes and arrows (``Picture``), and then either handed to
 Graphviz as DOT text or laid out here in pure Python (``python_layout``: a layered
 Sugiyama layout on networkx, drawn with matplotlib), so a machine without Graphviz gets
