@@ -260,6 +260,41 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     assert viz.main([str(no_loss), "--memory", "-o", str(tmp_path / "m.dot")]) == 0  # inference plan
 
 
+def _chain(path, nodes: int, loss: bool = False):
+    """A spec of a 1x1 conv and ``nodes - 1`` relus in a row (and an mse against a target)."""
+    lines = ["name: chain", "inputs:", "  x: {channels: 1}", "  t: {channels: 1}", "nodes:",
+             "  n0: {op: conv2d, in: x, in_channels: 1, out_channels: 1, kernel: 1}"] + [f"  n{i}: {{op: relu, in: n{i - 1}}}" for i in range(1, nodes)]
+    lines += ["  loss: {op: mse, in: [n%d, t]}" % (nodes - 1), "loss: loss"] if loss else []
+    path.write_text("\n".join(lines + [f"output: n{nodes - 1}", "train: {crop: 4, batch: 1}"]) + "\n")
+    return path
+
+
+def test_a_spec_too_big_to_draw_is_refused_before_compiling(tmp_path, capsys, monkeypatch):
+    """Before: a 60,000-node spec was compiled and laid out for minutes."""
+    spec = _chain(tmp_path / "long.yaml", viz.MAX_BOXES)  # and its input
+    out = tmp_path / "long.png"
+    monkeypatch.setattr(viz.ng, "Program", lambda *a, **k: pytest.fail("compiled"))
+    for mode in ([], ["--backward"], ["--memory"]):
+        code, err = _run([str(spec), "-o", str(out), *mode], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert (f"{viz.MAX_BOXES + 1:,} inputs and nodes to draw; tools/visualize draws at most "
+                f"{viz.MAX_BOXES:,}") in err
+    assert not out.exists()
+
+
+def test_a_picture_with_too_many_boxes_is_refused_before_drawing(tmp_path, capsys, monkeypatch):
+    """Fewer nodes than the limit, but the backward picture's VJPs take it over."""
+    monkeypatch.setattr(viz, "MAX_BOXES", 20)
+    spec = _chain(tmp_path / "chain.yaml", 15, loss=True)
+    out = tmp_path / "chain.png"
+    assert viz.main([str(spec), "-o", str(out)]) == 0  # forward: 18 boxes (the conv's 3)
+    out.unlink()
+    monkeypatch.setattr(viz, "render_python", lambda *a, **k: pytest.fail("drawn"))
+    code, err = _run([str(spec), "--backward", "-o", str(out)], capsys)
+    assert code == 2 and "boxes to draw; tools/visualize draws at most 20" in err, err
+    assert not out.exists()
+
+
 def test_command_line(tmp_path):
     out = tmp_path / "joint.dot"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "visualize"), str(SPECS[0]), "--backward",

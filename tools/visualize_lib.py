@@ -18,6 +18,9 @@
   buffer it lives in (one colour per buffer), under it the live bytes per schedule
   step against a buffer per value (no reuse).
 
+A picture of more than ``MAX_BOXES`` (1,000) boxes is refused (exit status 2): the
+spec's nodes are counted before compiling, the picture's boxes before drawing.
+
 The picture is built once, as boxes and arrows (``Picture``), and then either handed to
 Graphviz as DOT text or laid out here in pure Python (``python_layout``: a layered
 Sugiyama layout on networkx, drawn with matplotlib), so a machine without Graphviz gets
@@ -53,6 +56,7 @@ if str(ROOT) not in sys.path:  # a fresh checkout, run before `pip install -e .`
 import n2ngraph as ng  # noqa: E402
 from n2ngraph.app.fileio import write_atomic  # noqa: E402
 from n2ngraph.compiler.graph import Graph  # noqa: E402
+from n2ngraph.compiler.shapes import needed_nodes  # noqa: E402
 
 PROG = "tools/visualize"
 FORMATS = ("png", "svg", "dot")
@@ -121,6 +125,8 @@ def compile_spec(spec_path: str, mode: str, shape=None, float64: bool = False,
     import torch
 
     spec = ng.load_spec(spec_path)
+    drawn = needed_nodes(spec, [spec.output if mode == "forward" or spec.loss is None else spec.loss])
+    check_size(len(drawn), spec_path, "inputs and nodes")  # before compiling: that takes seconds
     dtype = torch.float64 if float64 else torch.float32
     program = ng.Program(spec, dtype=dtype, rewrite=rewrite)
     first = spec.inputs[0]
@@ -132,6 +138,19 @@ def compile_spec(spec_path: str, mode: str, shape=None, float64: bool = False,
     else:
         compiled = program.compiled("train", shapes)
     return spec, compiled, ("f64" if float64 else "f32")
+
+
+MAX_BOXES = 1000
+"""The most boxes a picture may have: the largest shipped spec draws 191 (the paper's
+U-Net, backward); a picture of thousands is unreadable, and laying it out takes minutes."""
+
+
+def check_size(count: int, spec_path: str, what: str) -> None:
+    """A UsageError (exit status 2) when a picture would have more than MAX_BOXES boxes."""
+    if count > MAX_BOXES:
+        raise UsageError(f"{spec_path}: {count:,} {what} to draw; tools/visualize draws at "
+                         f"most {MAX_BOXES:,} (a bigger picture is unreadable and takes "
+                         f"minutes to lay out)")
 
 
 # ---- the picture -------------------------------------------------------------------
@@ -895,6 +914,7 @@ def render(spec_path: str, output: str, *, mode: str = "forward", layout: str | 
     first = spec.inputs[0].name
     input_shape = compiled.graph[first].shape
     pic = build_picture(spec, compiled, mode, dtype, input_shape)
+    check_size(len(pic.boxes), spec_path, "boxes")
 
     if fmt == "dot":
         data = to_dot(pic, direction, legend=True).encode()

@@ -7,6 +7,7 @@
     autodiff.py   forward DAG -> joint DAG         (the ops' VJP rules)
     schedule.py   joint DAG -> Schedule            (order, and what dies when)
     memory.py     Schedule -> MemoryPlan           (liveness, reuse, in place)
+    fit.py        Spec or MemoryPlan -> SpecError  (bytes that cannot fit, before allocation)
 
 Nothing here allocates a tensor or runs a kernel: that is ``runtime/``.
 """

@@ -30,7 +30,7 @@ from typing import Callable, ClassVar
 import attrs
 import torch
 
-from ..errors import SpecError
+from ..errors import SpecError, excerpt
 
 Shape = tuple[int, ...]
 
@@ -134,14 +134,14 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
     def check(_instance, field: attrs.Attribute, value) -> None:
         wrong_type = not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool))
         if wrong_type:
-            raise SpecError(f"expected {described}, got {value!r}", field=field.name)
+            raise SpecError(f"expected {described}, got {excerpt(value)}", field=field.name)
         if kind is float and not _finite(value):  # YAML's .nan and .inf are floats
             raise SpecError(f"expected a finite number, got {_shown(value)}", field=field.name)
         if minimum is not None and value < minimum:
             bound = "positive" if minimum == 1 and kind is int else f">= {minimum}"
-            raise SpecError(f"must be {bound}, got {value!r}", field=field.name)
+            raise SpecError(f"must be {bound}, got {excerpt(value)}", field=field.name)
         if choices is not None and value not in choices:
-            raise SpecError(f"must be one of {', '.join(choices)}, got {value!r}", field=field.name)
+            raise SpecError(f"must be one of {', '.join(choices)}, got {excerpt(value)}", field=field.name)
 
     return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from ..errors import SpecError
+from ..errors import SpecError, excerpt
 from .base import VJP, Op, Shape, check_rank
 from .conv2d import Conv2d
 
@@ -33,7 +33,7 @@ def fusable(conv: Op) -> bool:
 def _check_conv(_instance, _field, conv) -> None:
     if not fusable(conv):
         raise SpecError(f"upsample_conv2d fuses a 3x3 conv2d with stride 1 and padding 1, "
-                        f"got {conv!r}", field="conv")
+                        f"got {excerpt(conv)}", field="conv")
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:

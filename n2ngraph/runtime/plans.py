@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from ..compiler.autodiff import joint_graph
+from ..compiler.fit import check_plan_fits, check_values_fit, host_available_bytes
 from ..compiler.graph import Graph, forward_graph
 from ..compiler.lower import lower
 from ..compiler.memory import MemoryPlan, plan_memory
@@ -65,6 +66,15 @@ class Compiled:
         return self.graph.input_grads.get(name)
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """Memory that ``device`` can still allocate: CUDA's free memory on a GPU, the host's
+    MemAvailable on the CPU (None where unknown: nothing is checked)."""
+    if device.type == "cuda":  # free on the device, and what torch's cache holds unused
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    return host_available_bytes() if device.type == "cpu" else None
+
+
 class Planner:
     """Compiles a spec's plans over one set of parameters, each plan writing its
     parameter gradients where it is told (a Program's, or a batch part's own)."""
@@ -96,10 +106,16 @@ class Planner:
             graph = self._forward_graph(shapes, spec.output)
             external = dict(self.params)
             pinned = [spec.output]
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        available = available_bytes(self.device)
+        shape_text = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
+        where = f"the {kind} plan for {shape_text} on {self.device}"
+        check_values_fit(graph, available, itemsize=itemsize, external=external,
+                         file=spec.file, where=where)
         graph = lower(graph, self.device)
         sched = schedule(graph)
-        plan = plan_memory(graph, sched, external=external, pinned=pinned,
-                           itemsize=torch.empty((), dtype=self.dtype).element_size())
+        plan = plan_memory(graph, sched, external=external, pinned=pinned, itemsize=itemsize)
+        check_plan_fits(graph, plan, available, file=spec.file, where=where)
         executable = Executable(graph, sched, plan, external, device=self.device, dtype=self.dtype)
         return Compiled(kind, graph, sched, plan, executable)
 

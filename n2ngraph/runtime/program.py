@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..compiler.autodiff import grad_name
+from ..compiler.fit import check_params_fit
 from ..compiler.shapes import needed_nodes
 from ..compiler.spec import OptimizerSpec, Spec
 from .cuda_graphs import CudaGraphs
@@ -23,7 +24,7 @@ from .flat import packed, packed_like
 from .init import initial_params
 from .optim import ClipGradNorm, make_optimizer
 from .parts import PartGradients, batch_parts, run_in_parts
-from .plans import Compiled, Planner, Shape
+from .plans import Compiled, Planner, Shape, available_bytes
 from .state import adopted, load_state
 
 __all__ = ["compile", "Program", "Compiled"]
@@ -72,6 +73,9 @@ class Program:
         self.device = torch.device(device)
         self.dtype = dtype
         recipe = spec.train
+        check_params_fit(spec, available_bytes(self.device), copies=2,
+                         itemsize=torch.empty((), dtype=dtype).element_size(),
+                         what=f"the parameters and their gradients in {dtype} on {self.device}")
         self.params = packed(initial_params(spec, init or recipe.init,
                                             recipe.seed if seed is None else seed,
                                             dtype=dtype, device=self.device))
