@@ -302,3 +302,21 @@ def test_profile_times_every_node_forward_and_backward(capsys):
 def test_threads_must_be_positive(capsys):
     assert main([SPEC, "--summary", "--steps", "0", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--epochs", "9"], ["--lr", "0.1"], ["--batch", "8"],
+                                    ["--data", "photos"], ["--seed", "3"], ["--run", "elsewhere"],
+                                    ["--from-weights", "shipped"]], ids=lambda o: o[0])
+def test_a_setting_given_with_resume_is_refused_not_ignored(tmp_path, capsys, option):
+    """A resumed run continues as it started: a setting given with it would be dropped
+    without a word, so it is refused, naming the option."""
+    run = tmp_path / "run"
+    assert main([SPEC, "--train", "--run", str(run), "--epochs", "1", "--pairs", "16",
+                 "--batch", "4", "--crop", "16", "--val-count", "8", "--max-steps", "1",
+                 "--no-progress"]) == 0
+    before = (run / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["--resume", str(run), "--no-progress", *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {option[0]}: a resumed run keeps the settings") and "\n" not in err
+    assert (run / "last.safetensors").read_bytes() == before

@@ -318,11 +318,28 @@ def do_train(args) -> int:
         return _train_to_end(run, data, config, dtype, args)
 
 
+RESUME_KEEPS = ("epochs", "batch", "lr", "optimizer", "schedule", "clip_grad_norm", "augment",
+                "crop", "pairs", "seed", "data", "run", "from_weights", "weights")
+"""Options a resumed run cannot take: it keeps the settings in its config.json."""
+
+
+def _check_nothing_resume_ignores(args) -> None:
+    """A setting given with --resume would be ignored (the run continues as it started,
+    bit-identically): refused, naming the option, rather than silently dropped."""
+    given = [name for name in RESUME_KEEPS if getattr(args, name, None) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{flag}: a resumed run keeps the settings it started with (its "
+                         f"config.json); to change them, start a new run with --from-weights "
+                         f"{args.resume}")
+
+
 def do_resume(args) -> int:
     from .config import TrainConfig
     from .train import Run, prepare_data
 
     _check_max_steps(args)
+    _check_nothing_resume_ignores(args)
     directory = Path(args.resume)
     config_path, spec_path = directory / "config.json", directory / "spec.yaml"
     for path in (config_path, spec_path):
