@@ -206,7 +206,10 @@ def parse_spec(text: str, file: str | None = None) -> Spec:
             doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
-            raise SpecError(f"invalid YAML: {e.problem or e.context}",
+            problem = e.problem or e.context
+            if "nesting depth" in str(problem):  # newer libyaml's own limit, hit before ours
+                problem = f"nested deeper than {MAX_DEPTH} levels"
+            raise SpecError(f"invalid YAML: {problem}",
                             line=mark.line + 1 if mark else None) from None
         except yaml.YAMLError as e:
             raise SpecError(f"invalid YAML: {e}") from None
