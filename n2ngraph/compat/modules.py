@@ -63,12 +63,15 @@ class _Build:
     spec: Spec
     owners: dict[str, tuple[Module, str]]
     program: Program | None = None
+    sources: dict[str, torch.Tensor] = attrs.Factory(dict)  # the owners' tensors it was built on
 
 
 def _one(tensors: Sequence, what: str) -> torch.Tensor:
+    """The one tensor given, as data: a tensor that requires grad is read through
+    ``detach()`` (same storage, nothing recorded), so the caller's stays usable."""
     if len(tensors) != 1 or not isinstance(tensors[0], torch.Tensor):
         raise TypeError(f"{what} takes one tensor, got {len(tensors)} argument(s)")
-    return tensors[0]
+    return tensors[0].detach()
 
 
 def _dtype(tensors: Iterable[torch.Tensor], x: torch.Tensor) -> torch.dtype:
@@ -101,12 +104,14 @@ class _Compiled(Module):
             spec = Spec(name=type(self).__name__, inputs=(InputSpec("x", int(x.shape[1])),),
                         nodes=tuple(nodes.nodes), output=output, loss=None, train=TrainSpec())
             build = self._build = _Build(int(x.shape[1]), spec, nodes.owners)
-        params = {key: getattr(owner, role) for key, (owner, role) in build.owners.items()}
-        dtype = _dtype(params.values(), x)
+        sources = {key: getattr(owner, role) for key, (owner, role) in build.owners.items()}
+        dtype = _dtype(sources.values(), x)
         program = build.program
         if (program is None or program.dtype != dtype
-                or any(program.params[k] is not t for k, t in params.items())):
+                or any(build.sources.get(k) is not t for k, t in sources.items())):
+            params = {k: t.detach() for k, t in sources.items()}  # an nn.Parameter's data
             program = build.program = Program(build.spec, dtype=dtype, params=params)
+            build.sources = sources
         return program, build
 
     def forward(self, *inputs):
@@ -277,7 +282,7 @@ class MSE(Module):
     def forward(self, *inputs):
         if len(inputs) != 2:
             raise TypeError(f"MSE.forward takes (prediction, target), got {len(inputs)} argument(s)")
-        prediction, target = inputs
+        prediction, target = (t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
         program = self._program(prediction)
         self._inputs = (prediction, target)
         return torch.tensor(program.loss(prediction, target), dtype=program.dtype)
@@ -287,6 +292,7 @@ class MSE(Module):
             raise RuntimeError("backward() before forward(): no loss to differentiate")
         program = self._program(self._inputs[0])
         seed = grad_outputs[0] if grad_outputs else torch.ones((), dtype=program.dtype)
+        seed = seed.detach() if isinstance(seed, torch.Tensor) else seed
         return program.vjp(list(self._inputs), torch.as_tensor(seed, dtype=program.dtype))
 
 
@@ -300,8 +306,8 @@ class SGD:
         config = OptimizerSpec(name="sgd", lr=float(lr), momentum=float(momentum),
                                dampening=float(dampening), weight_decay=float(weight_decay),
                                nesterov=bool(nesterov))
-        params = {str(i): p for i, (p, _) in enumerate(self.pairs)}
-        grads = {str(i): g for i, (_, g) in enumerate(self.pairs)}
+        params = {str(i): p.detach() for i, (p, _) in enumerate(self.pairs)}
+        grads = {str(i): g.detach() for i, (_, g) in enumerate(self.pairs)}
         self._update = _SGDUpdate(params, grads, config)
 
     def step(self) -> None:

@@ -1,0 +1,76 @@
+"""n2ngraph.compat as a drop-in for the course framework (issue 20): what students' own
+module tests do, against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from n2ngraph.compat import (MSE, SGD, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d,
+                             Upsampling)
+
+F64 = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---- 1. tensors that require grad -----------------------------------------------------------
+
+@pytest.mark.parametrize("make", [ReLU, Sigmoid, lambda: Conv2d(3, 2, 3, padding=1),
+                                  lambda: TransposeConv2d(3, 2, 2, stride=2),
+                                  lambda: Upsampling(3, 2, 3, padding=1),
+                                  lambda: Sequential(Conv2d(3, 3, 3, padding=1), ReLU())],
+                         ids=["relu", "sigmoid", "conv", "tconv", "upsampling", "sequential"])
+def test_tensors_that_require_grad_work_and_stay_usable(make):
+    module = make()
+    for owner in module.modules if isinstance(module, Sequential) else [module]:
+        for role in ("weight", "bias"):
+            if getattr(owner, role, None) is not None:
+                setattr(owner, role, nn.Parameter(getattr(owner, role).clone()))
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = module.forward(x)
+    assert not y.requires_grad and y.grad_fn is None
+    grad_x = module.backward(torch.ones_like(y))
+    assert grad_x.shape == x.shape and not grad_x.requires_grad
+    (x * 2).sum().backward()  # the caller's tensor still works with autograd
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+    if module.param():
+        sgd = SGD(module.param(), lr=0.1)
+        before = [p.detach().clone() for p, _ in module.param()]
+        sgd.step()
+        for (p, g), old in zip(module.param(), before):
+            torch.testing.assert_close(p.detach(), old - 0.1 * g)
+            assert isinstance(p, nn.Parameter) and p.grad is None
+
+
+def test_conv_with_parameter_weights_matches_torch():
+    torch_conv = nn.Conv2d(3, 2, 3, padding=1).double()
+    conv = Conv2d(3, 2, 3, padding=1)
+    conv.weight, conv.bias = torch_conv.weight, torch_conv.bias
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    expected = torch_conv(x)
+    torch.testing.assert_close(conv.forward(x), expected.detach(), **F64)
+    g = torch.randn_like(expected)
+    expected.backward(g)
+    torch.testing.assert_close(conv.backward(g), x.grad, **F64)
+    torch.testing.assert_close(conv.grad_weight, torch_conv.weight.grad, **F64)
+    torch.testing.assert_close(conv.grad_bias, torch_conv.bias.grad, **F64)
+
+
+def test_mse_takes_tensors_that_require_grad():
+    p = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    criterion = MSE()
+    loss = criterion.forward(p, t)
+    expected = F.mse_loss(p, t)
+    torch.testing.assert_close(loss, expected.detach(), **F64)
+    expected.backward()
+    torch.testing.assert_close(criterion.backward(), p.grad, **F64)
