@@ -74,3 +74,31 @@ def test_mse_takes_tensors_that_require_grad():
     torch.testing.assert_close(loss, expected.detach(), **F64)
     expected.backward()
     torch.testing.assert_close(criterion.backward(), p.grad, **F64)
+
+
+# ---- 2. MSE's reduction and the gradient it is seeded with -----------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_reduction_matches_torch(reduction):
+    gen = torch.Generator().manual_seed(2)
+    p, t = torch.rand(2, 2, 3, 4, 5, dtype=torch.float64, generator=gen)
+    p_ = p.clone().requires_grad_(True)
+    expected = F.mse_loss(p_, t, reduction=reduction)
+    criterion = MSE(reduction=reduction)
+    torch.testing.assert_close(criterion.forward(p, t), expected.detach(), **F64)
+    expected.backward()
+    for seed in [(), (torch.empty(1, dtype=torch.float64).fill_(1.0),),
+                 (torch.tensor(1.0, dtype=torch.float64),)]:
+        torch.testing.assert_close(criterion.backward(*seed), p_.grad, **F64)
+    torch.testing.assert_close(criterion.backward(torch.full((1,), 2.0)), 2 * p_.grad, **F64)
+
+
+def test_mse_misuse_gets_a_clear_error():
+    with pytest.raises(ValueError, match="reduction='none'"):
+        MSE(reduction="none")
+    criterion = MSE()
+    with pytest.raises(ValueError, match="same shape"):
+        criterion.forward(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 1))
+    criterion.forward(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"0-d or \(1,\)"):
+        criterion.backward(torch.ones(2))

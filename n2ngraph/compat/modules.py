@@ -257,43 +257,64 @@ class Sequential(_Compiled):
 
 
 class MSE(Module):
-    """Mean squared error over every element. ``forward(prediction, target)`` returns the
-    loss (a 0-dim tensor); ``backward()`` returns d loss / d prediction (times the
-    optional output gradient)."""
+    """Mean squared error over every element (``reduction="mean"``, the default) or their
+    sum (``"sum"``), as torch's; tensors of any shape, the two the same. ``forward(
+    prediction, target)`` returns the loss (a 0-dim tensor); ``backward()`` returns
+    d loss / d prediction, times the output gradient if one is given (a 0-d or (1,)
+    tensor, or a number)."""
 
-    def __init__(self):
-        self._programs: dict[tuple, Program] = {}
+    REDUCTIONS = ("mean", "sum")
+
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}: n2ngraph's MSE supports 'mean' or 'sum'")
+        self.reduction = reduction
+        self._programs: dict[torch.dtype, Program] = {}
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _program(self, prediction: torch.Tensor) -> Program:
-        if prediction.dim() != 4:
-            raise ValueError(f"expected (N, C, H, W) tensors, got shape {tuple(prediction.shape)}")
         dtype = _dtype((), prediction)
-        key = (int(prediction.shape[1]), dtype)
-        if key not in self._programs:
-            channels = key[0]
-            spec = Spec(name="MSE", inputs=(InputSpec("prediction", channels),
-                                            InputSpec("target", channels)),
+        if dtype not in self._programs:
+            spec = Spec(name="MSE", inputs=(InputSpec("prediction", 1), InputSpec("target", 1)),
                         nodes=(NodeSpec("loss", _MSEOp(), ("prediction", "target")),),
                         output="loss", loss="loss", train=TrainSpec())
-            self._programs[key] = Program(spec, dtype=dtype)
-        return self._programs[key]
+            self._programs[dtype] = Program(spec, dtype=dtype)
+        return self._programs[dtype]
+
+    def _scale(self) -> float:
+        """The sum is the mean times the number of elements."""
+        return float(self._inputs[0].numel()) if self.reduction == "sum" else 1.0
 
     def forward(self, *inputs):
-        if len(inputs) != 2:
-            raise TypeError(f"MSE.forward takes (prediction, target), got {len(inputs)} argument(s)")
-        prediction, target = (t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
+        if len(inputs) != 2 or not all(isinstance(t, torch.Tensor) for t in inputs):
+            raise TypeError(f"MSE.forward takes (prediction, target) tensors, got {len(inputs)} argument(s)")
+        prediction, target = (t.detach() for t in inputs)
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction {tuple(prediction.shape)} and target "
+                             f"{tuple(target.shape)} must have the same shape")
+        if prediction.numel() == 0:
+            raise ValueError("MSE of empty tensors is undefined")
+        # elementwise, then reduced: any shape is one row of its elements
+        self._inputs = (prediction.reshape(1, 1, 1, -1), target.reshape(1, 1, 1, -1))
+        self._shape = prediction.shape
         program = self._program(prediction)
-        self._inputs = (prediction, target)
-        return torch.tensor(program.loss(prediction, target), dtype=program.dtype)
+        loss = program.loss(*self._inputs) * self._scale()
+        return torch.tensor(loss, dtype=program.dtype)
 
     def backward(self, *grad_outputs):
         if self._inputs is None:
             raise RuntimeError("backward() before forward(): no loss to differentiate")
+        if len(grad_outputs) > 1:
+            raise TypeError(f"MSE.backward takes at most one output gradient, got {len(grad_outputs)}")
         program = self._program(self._inputs[0])
-        seed = grad_outputs[0] if grad_outputs else torch.ones((), dtype=program.dtype)
-        seed = seed.detach() if isinstance(seed, torch.Tensor) else seed
-        return program.vjp(list(self._inputs), torch.as_tensor(seed, dtype=program.dtype))
+        seed = grad_outputs[0] if grad_outputs else 1.0
+        seed = torch.as_tensor(seed.detach() if isinstance(seed, torch.Tensor) else seed,
+                               dtype=program.dtype)
+        if seed.numel() != 1:
+            raise ValueError(f"the loss is a scalar: its gradient must be a 0-d or (1,) tensor, "
+                             f"got shape {tuple(seed.shape)}")
+        seed = seed.reshape(()) * self._scale()
+        return program.vjp(list(self._inputs), seed).reshape(self._shape)
 
 
 class SGD:
