@@ -102,3 +102,79 @@ def test_mse_misuse_gets_a_clear_error():
     criterion.forward(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2))
     with pytest.raises(ValueError, match=r"0-d or \(1,\)"):
         criterion.backward(torch.ones(2))
+
+
+# ---- 3. Sequential as a container, with a user's module, and the backward chain by hand ------
+
+class Double:
+    """A student's own module: not compiled, called in between."""
+
+    def forward(self, x):
+        self.calls = getattr(self, "calls", 0) + 1
+        return 2 * x
+
+    def backward(self, grad):
+        return 2 * grad
+
+    def param(self):
+        return []
+
+
+def _f64(*modules):
+    for m in modules:
+        for role in ("weight", "bias"):
+            if getattr(m, role, None) is not None:
+                setattr(m, role, getattr(m, role).double())
+    return modules
+
+
+def test_sequential_is_indexed_iterated_and_measured():
+    a, b, c = ReLU(), Conv2d(2, 2, 1), Sigmoid()
+    net = Sequential(a, b, c)
+    assert len(net) == 3 and net[0] is a and net[-1] is c and list(net) == [a, b, c]
+    assert list(net[1:]) == [b, c] and isinstance(net[1:], Sequential)
+
+
+def test_a_users_module_inside_a_sequential():
+    conv1, conv2 = _f64(Conv2d(3, 4, 3, padding=1), Conv2d(4, 2, 3, padding=1))
+    user = Double()
+    net = Sequential(conv1, ReLU(), user, conv2, Sigmoid())
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=gen)
+    x_, w1, b1, w2, b2 = (t.detach().clone().requires_grad_(True)
+                          for t in (x, conv1.weight, conv1.bias, conv2.weight, conv2.bias))
+    expected = torch.sigmoid(F.conv2d(2 * torch.relu(F.conv2d(x_, w1, b1, padding=1)), w2, b2,
+                                      padding=1))
+    torch.testing.assert_close(net.forward(x), expected.detach(), **F64)
+    assert user.calls == 1
+    g = torch.randn(expected.shape, dtype=torch.float64, generator=gen)
+    expected.backward(g)
+    torch.testing.assert_close(net.backward(g), x_.grad, **F64)
+    for ours, theirs in zip(net.param(), (w1, b1, w2, b2), strict=True):
+        torch.testing.assert_close(ours[1], theirs.grad, **F64)
+
+
+@pytest.mark.parametrize("with_user", [False, True], ids=["compat", "user-module"])
+def test_the_backward_chain_by_hand_after_sequential_forward(with_user):
+    conv1, conv2 = _f64(Conv2d(3, 4, 3, padding=1), Conv2d(4, 2, 3, padding=1))
+    middle = [Double()] if with_user else []
+    net = Sequential(conv1, ReLU(), *middle, conv2, Sigmoid())
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=gen)
+    y = net.forward(x)
+    g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    grad = g
+    for module in reversed(list(net)):
+        grad = module.backward(grad)
+    by_hand = (grad, conv1.grad_weight.clone(), conv2.grad_bias.clone())
+    for m in (conv1, conv2):
+        m.zero_grad()
+    net.forward(x)
+    whole = (net.backward(g), conv1.grad_weight, conv2.grad_bias)
+    for a, b in zip(by_hand, whole):
+        torch.testing.assert_close(a, b, **F64)
+
+
+def test_sequential_refuses_what_has_no_backward():
+    with pytest.raises(TypeError, match="no forward and backward"):
+        Sequential(Conv2d(3, 3, 3), nn.ReLU())

@@ -89,6 +89,7 @@ class _Compiled(Module):
 
     _build: _Build | None = None
     _input: torch.Tensor | None = None
+    _origin: Sequential | None = None  # the Sequential whose plan last ran this module
 
     def _emit(self, nodes: _Nodes, name: str, source: str) -> str:
         """Adds this module's nodes, reading value ``source``; returns its output value."""
@@ -115,20 +116,33 @@ class _Compiled(Module):
         return program, build
 
     def forward(self, *inputs):
-        x = _one(inputs, "forward")
-        program, _ = self._program(x)
-        self._input = x
-        return program.forward(x)
+        return self._forward(_one(inputs, "forward"))
 
     def backward(self, *grad_outputs):
-        grad = _one(grad_outputs, "backward")
-        if self._input is None:
-            raise RuntimeError("backward() before forward(): no input to differentiate at")
-        program, build = self._program(self._input)
-        grad_input = program.vjp([self._input], grad)
+        return self._backward(_one(grad_outputs, "backward"))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        program, _ = self._program(x)
+        self._input, self._origin = x, None
+        return program.forward(x)
+
+    def _backward(self, grad: torch.Tensor) -> torch.Tensor:
+        x = self._remembered_input()
+        program, build = self._program(x)
+        grad_input = program.vjp([x], grad)
         for key, (owner, role) in build.owners.items():
             getattr(owner, f"grad_{role}").add_(program.grads[key])
         return grad_input
+
+    def _remembered_input(self) -> torch.Tensor:
+        """The input of the last forward; for a module a Sequential ran inside its own
+        plan, found by running the Sequential's children one by one (the course-style
+        backward chain, each child's ``backward`` called by hand)."""
+        if self._input is None and self._origin is not None:
+            self._origin._replay()
+        if self._input is None:
+            raise RuntimeError("backward() before forward(): no input to differentiate at")
+        return self._input
 
 
 def _square(value, argument: str) -> int:
@@ -234,26 +248,93 @@ class Sigmoid(_Compiled):
         return nodes.add(name, _SigmoidOp(), source)
 
 
+def _compilable(module) -> bool:
+    """A compat module, or a Sequential of them all the way down: one plan can run it."""
+    if isinstance(module, Sequential):
+        return all(_compilable(m) for m in module.modules)
+    return isinstance(module, _Compiled)
+
+
 class Sequential(_Compiled):
-    """Modules applied in turn, compiled as one network (the children's own forward and
-    backward are not used); ``param()`` lists the children's pairs in order."""
+    """Modules applied in turn. Compat modules only: compiled as one network. With a
+    user's own module (anything with ``forward`` and ``backward``) inside: each run of
+    compat modules between user modules is compiled, the user's module is called in
+    between. ``param()`` lists the children's pairs in order. Indexing, iteration and
+    ``len`` as torch's Sequential's; after ``forward`` each child's ``backward`` can be
+    called by hand, in reverse order."""
 
     def __init__(self, *modules):
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
         for i, m in enumerate(modules):
-            if not isinstance(m, _Compiled):
+            if not isinstance(m, _Compiled) and not (callable(getattr(m, "forward", None))
+                                                     and callable(getattr(m, "backward", None))):
                 raise TypeError(f"module {i} ({type(m).__name__}) is not an n2ngraph.compat "
-                                f"module, so it cannot be compiled into the network")
+                                f"module and has no forward and backward of its own")
         self.modules = list(modules)
+        self._parts_of: tuple[tuple[int, ...], list] | None = None
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __iter__(self):
+        return iter(self.modules)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.modules[index])
+        return self.modules[index]
 
     def _emit(self, nodes, name, source):
         for i, module in enumerate(self.modules):
             source = module._emit(nodes, f"{name}.{i}", source)
         return source
 
+    def _parts(self) -> list:
+        """The children with each run of compilable ones as one (cached) Sequential."""
+        key = tuple(map(id, self.modules))
+        if self._parts_of is None or self._parts_of[0] != key:
+            parts, run = [], []
+            for m in self.modules + [None]:
+                if m is not None and _compilable(m):
+                    run.append(m)
+                    continue
+                if run:
+                    parts.append(Sequential(*run))
+                    run = []
+                if m is not None:
+                    parts.append(m)
+            self._parts_of = (key, parts)
+        return self._parts_of[1]
+
+    def _forward(self, x):
+        if not _compilable(self):
+            self._input, self._origin = x, None
+            for part in self._parts():
+                x = part.forward(x)
+            return x
+        y = super()._forward(x)
+        for m in self.modules:
+            m._input, m._origin = None, self
+        return y
+
+    def _backward(self, grad):
+        if _compilable(self):
+            return super()._backward(grad)
+        self._remembered_input()
+        for part in reversed(self._parts()):
+            back = part.backward  # a user's module: its own backward
+            grad = back(grad)
+        return grad
+
+    def _replay(self) -> None:
+        """Each child's forward in turn on this Sequential's input: each remembers its own."""
+        x = self._input
+        for m in self.modules:
+            x = m.forward(x)
+
     def param(self):
-        return [pair for module in self.modules for pair in module.param()]
+        return [pair for m in self.modules for pair in (m.param() if hasattr(m, "param") else [])]
 
 
 class MSE(Module):
