@@ -178,3 +178,55 @@ def test_the_backward_chain_by_hand_after_sequential_forward(with_user):
 def test_sequential_refuses_what_has_no_backward():
     with pytest.raises(TypeError, match="no forward and backward"):
         Sequential(Conv2d(3, 3, 3), nn.ReLU())
+
+
+# ---- 4. tensors of other ranks ------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), ()], ids=["1d", "2d", "3d", "0d"])
+@pytest.mark.parametrize(("make", "oracle"), [(ReLU, torch.relu), (Sigmoid, torch.sigmoid)],
+                         ids=["relu", "sigmoid"])
+def test_elementwise_modules_take_any_rank(make, oracle, shape):
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(shape, dtype=torch.float64, generator=gen)
+    x_ = x.clone().requires_grad_(True)
+    expected = oracle(x_)
+    module = make()
+    y = module.forward(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, expected.detach(), **F64)
+    g = torch.randn(shape, dtype=torch.float64, generator=gen)
+    expected.backward(g)
+    torch.testing.assert_close(module.backward(g), x_.grad, **F64)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)], ids=["1d", "2d", "3d"])
+def test_mse_takes_any_rank(shape):
+    p, t = torch.rand((2, *shape), dtype=torch.float64)
+    p_ = p.clone().requires_grad_(True)
+    expected = F.mse_loss(p_, t)
+    criterion = MSE()
+    torch.testing.assert_close(criterion.forward(p, t), expected.detach(), **F64)
+    expected.backward()
+    torch.testing.assert_close(criterion.backward(), p_.grad, **F64)
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2d(3, 2, 3, padding=1),
+                                  lambda: TransposeConv2d(3, 2, 2, stride=2)], ids=["conv", "tconv"])
+def test_convolutions_take_an_unbatched_image(make):
+    module = make()
+    x = torch.randn(3, 5, 4)
+    batched = module.forward(x[None])
+    y = module.forward(x)
+    assert y.shape == batched.shape[1:]
+    torch.testing.assert_close(y, batched[0])
+    g = torch.randn(y.shape)
+    unbatched = module.backward(g)
+    assert unbatched.shape == x.shape
+    torch.testing.assert_close(unbatched, _batched_grad(module, x, g))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        module.forward(torch.zeros(3, 5))
+
+
+def _batched_grad(module, x, g):
+    module.forward(x[None])
+    return module.backward(g[None])[0]

@@ -90,6 +90,7 @@ class _Compiled(Module):
     _build: _Build | None = None
     _input: torch.Tensor | None = None
     _origin: Sequential | None = None  # the Sequential whose plan last ran this module
+    _given: int = 4  # the rank of the last input, before _as_batch
 
     def _emit(self, nodes: _Nodes, name: str, source: str) -> str:
         """Adds this module's nodes, reading value ``source``; returns its output value."""
@@ -121,18 +122,34 @@ class _Compiled(Module):
     def backward(self, *grad_outputs):
         return self._backward(_one(grad_outputs, "backward"))
 
+    def _as_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the (N, C, H, W) tensor the plans take: a (C, H, W) one is a batch of
+        one, as torch has it (elementwise modules take any shape: ``_Elementwise``)."""
+        if x.dim() == 3:
+            return x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"expected an (N, C, H, W) or (C, H, W) tensor, got shape {tuple(x.shape)}")
+        return x
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        program, _ = self._program(x)
-        self._input, self._origin = x, None
-        return program.forward(x)
+        batch = self._as_batch(x)
+        program, _ = self._program(batch)
+        self._input, self._origin, self._given = batch, None, x.dim()
+        y = program.forward(batch)
+        return y if batch is x else self._unbatch(y, x)
+
+    def _unbatch(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The plan's 4-D output in the form the caller's ``x`` had."""
+        return y.squeeze(0)
 
     def _backward(self, grad: torch.Tensor) -> torch.Tensor:
         x = self._remembered_input()
         program, build = self._program(x)
-        grad_input = program.vjp([x], grad)
+        batched = self._given != 4
+        grad_input = program.vjp([x], self._as_batch(grad) if batched else grad)
         for key, (owner, role) in build.owners.items():
             getattr(owner, f"grad_{role}").add_(program.grads[key])
-        return grad_input
+        return self._unbatch(grad_input, grad) if batched else grad_input
 
     def _remembered_input(self) -> torch.Tensor:
         """The input of the last forward; for a module a Sequential ran inside its own
@@ -238,12 +255,22 @@ class Upsampling(Conv2d):
         return nodes.add(f"{name}.conv", self.op, upsampled, owner=self)
 
 
-class ReLU(_Compiled):
+class _Elementwise(_Compiled):
+    """A module applied to each element alone: any shape, run as one row of elements."""
+
+    def _as_batch(self, x):
+        return x if x.dim() == 4 else x.reshape(1, 1, 1, -1)
+
+    def _unbatch(self, y, x):
+        return y.reshape(x.shape)
+
+
+class ReLU(_Elementwise):
     def _emit(self, nodes, name, source):
         return nodes.add(name, _ReluOp(), source)
 
 
-class Sigmoid(_Compiled):
+class Sigmoid(_Elementwise):
     def _emit(self, nodes, name, source):
         return nodes.add(name, _SigmoidOp(), source)
 
