@@ -230,3 +230,45 @@ def test_convolutions_take_an_unbatched_image(make):
 def _batched_grad(module, x, g):
     module.forward(x[None])
     return module.backward(g[None])[0]
+
+
+# ---- 6. SGD's default, parameters replaced, dtypes mixed -----------------------------------
+
+def test_sgd_default_lr_is_torchs():
+    import inspect
+    default = inspect.signature(torch.optim.SGD.__init__).parameters["lr"].default
+    assert inspect.signature(SGD.__init__).parameters["lr"].default == default
+    conv = Conv2d(2, 2, 1)
+    conv.grad_weight.fill_(1.0)
+    before = conv.weight.clone()
+    SGD(conv.param()).step()
+    torch.testing.assert_close(conv.weight, before - default)
+
+
+def test_sgd_updates_the_tensor_assigned_after_it_was_built():
+    conv = Conv2d(2, 2, 3, padding=1)
+    sgd = SGD(conv.param(), lr=0.5)
+    old = conv.weight
+    kept = old.clone()
+    conv.weight = torch.randn(2, 2, 3, 3)
+    fresh = conv.weight.clone()
+    x = torch.randn(1, 2, 4, 4)
+    conv.forward(x)
+    conv.backward(torch.ones(1, 2, 4, 4))
+    sgd.step()
+    torch.testing.assert_close(conv.weight, fresh - 0.5 * conv.grad_weight)
+    assert torch.equal(old, kept)
+
+
+def test_a_float64_input_to_float32_modules_is_refused():
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="float64.*float32"):
+        Conv2d(2, 2, 3).forward(x)
+    with pytest.raises(RuntimeError, match="float64.*float32"):
+        Sequential(ReLU(), Conv2d(2, 2, 3)).forward(x)
+    assert ReLU().forward(x).dtype == torch.float64
+
+
+def test_sgd_refuses_what_is_not_pairs():
+    with pytest.raises(TypeError, match="pair 0"):
+        SGD([torch.zeros(3)], lr=0.1)

@@ -108,6 +108,9 @@ class _Compiled(Module):
             build = self._build = _Build(int(x.shape[1]), spec, nodes.owners)
         sources = {key: getattr(owner, role) for key, (owner, role) in build.owners.items()}
         dtype = _dtype(sources.values(), x)
+        if sources and x.dtype != dtype:
+            raise RuntimeError(f"the input is {x.dtype} but the parameters are {dtype}: convert "
+                               f"one to the other (torch refuses the mix too)")
         program = build.program
         if (program is None or program.dtype != dtype
                 or any(build.sources.get(k) is not t for k, t in sources.items())):
@@ -198,10 +201,20 @@ class _Parametrised(_Compiled):
         return nodes.add(name, self.op, source, owner=self)
 
     def param(self):
-        pairs = [(self.weight, self.grad_weight)]
-        if self.bias is not None:
-            pairs.append((self.bias, self.grad_bias))
-        return pairs
+        return [_Pair(self, role) for role in ("weight", "bias") if getattr(self, role) is not None]
+
+
+class _Pair(tuple):
+    """A (parameter, gradient) pair that remembers the module and role it was read from,
+    so that ``SGD`` can read the module's current tensors at each step."""
+
+    def __new__(cls, owner: Module, role: str):
+        pair = super().__new__(cls, (getattr(owner, role), getattr(owner, f"grad_{role}")))
+        pair.owner, pair.role = owner, role
+        return pair
+
+    def current(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self.owner, self.role), getattr(self.owner, f"grad_{self.role}")
 
 
 # ---- the modules ------------------------------------------------------------------------
@@ -426,22 +439,40 @@ class MSE(Module):
 
 
 class SGD:
-    """``SGD(model.param(), lr)``: n2ngraph's SGD (torch's arithmetic, momentum and
-    dampening as the seed had them) over the given (parameter, gradient) pairs."""
+    """``SGD(model.param(), lr=1e-3)``: n2ngraph's SGD (torch's arithmetic and defaults,
+    momentum and dampening as the seed had them) over the given (parameter, gradient)
+    pairs. The pairs a compat module gave are read again at each step: after
+    ``conv.weight = new_tensor`` the new tensor is the one updated (its momentum starts
+    afresh, as torch's state does for a new parameter; the others' too, here)."""
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
         self.pairs = list(params)
-        config = OptimizerSpec(name="sgd", lr=float(lr), momentum=float(momentum),
-                               dampening=float(dampening), weight_decay=float(weight_decay),
-                               nesterov=bool(nesterov))
-        params = {str(i): p.detach() for i, (p, _) in enumerate(self.pairs)}
-        grads = {str(i): g.detach() for i, (_, g) in enumerate(self.pairs)}
-        self._update = _SGDUpdate(params, grads, config)
+        for i, pair in enumerate(self.pairs):
+            if (len(pair) != 2 or not all(isinstance(t, torch.Tensor) for t in pair)
+                    or pair[0].shape != pair[1].shape):
+                raise TypeError(f"SGD takes (parameter, gradient) pairs of tensors of one shape, "
+                                f"as param() gives them; pair {i} is not one")
+        self.config = OptimizerSpec(name="sgd", lr=float(lr), momentum=float(momentum),
+                                    dampening=float(dampening), weight_decay=float(weight_decay),
+                                    nesterov=bool(nesterov))
+        self._rebuild(self._current())
+
+    def _current(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [p.current() if isinstance(p, _Pair) else tuple(p) for p in self.pairs]
+
+    def _rebuild(self, current) -> None:
+        self._held = current
+        params = {str(i): p.detach() for i, (p, _) in enumerate(current)}  # an nn.Parameter's data
+        grads = {str(i): g.detach() for i, (_, g) in enumerate(current)}
+        self._update = _SGDUpdate(params, grads, self.config)
 
     def step(self) -> None:
+        current = self._current()
+        if any(a is not b for now, held in zip(current, self._held) for a, b in zip(now, held)):
+            self._rebuild(current)
         self._update.step()
 
     def zero_grad(self) -> None:
-        for _, grad in self.pairs:
-            grad.zero_()
+        for _, grad in self._current():
+            grad.detach().zero_()
