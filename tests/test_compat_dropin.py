@@ -272,3 +272,48 @@ def test_a_float64_input_to_float32_modules_is_refused():
 def test_sgd_refuses_what_is_not_pairs():
     with pytest.raises(TypeError, match="pair 0"):
         SGD([torch.zeros(3)], lr=0.1)
+
+
+# ---- 7. Model.load_pretrained_model honours bestmodel.pth ----------------------------------
+
+def _student_model(folder, monkeypatch, source):
+    import importlib.util
+    import sys
+
+    (folder / "model.py").write_text(source)
+    spec = importlib.util.spec_from_file_location("student_model", folder / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "student_model", module)
+    spec.loader.exec_module(module)
+    return module.Model
+
+
+@pytest.mark.parametrize("source", ["from n2ngraph.compat import Model\n",
+                                    "from n2ngraph import compat\n\n"
+                                    "class Model(compat.Model):\n    pass\n"],
+                         ids=["exported", "subclassed"])
+def test_model_loads_bestmodel_beside_the_users_model_py(tmp_path, monkeypatch, source):
+    import n2ngraph as ng
+
+    model_class = _student_model(tmp_path, monkeypatch, source)
+    donor = ng.Program(model_class().spec, seed=321)
+    torch.save(donor.state_dict(), tmp_path / "bestmodel.pth")
+    model = model_class()
+    model.load_pretrained_model()
+    for name, value in donor.state_dict().items():
+        assert torch.equal(model.program.params[name], value)
+    (tmp_path / "bestmodel.pth").unlink()  # none: the shipped weights
+    model.load_pretrained_model()
+    assert not torch.equal(model.program.params[name], value)
+
+
+def test_a_bestmodel_that_is_not_a_state_dict_is_a_clear_error(tmp_path, monkeypatch):
+    from n2ngraph.app.checkpoint import CheckpointError
+
+    model_class = _student_model(tmp_path, monkeypatch, "from n2ngraph.compat import Model\n")
+    torch.save([torch.zeros(1)], tmp_path / "bestmodel.pth")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        model_class().load_pretrained_model()
+    torch.save(nn.ReLU(), tmp_path / "bestmodel.pth")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        model_class().load_pretrained_model()
