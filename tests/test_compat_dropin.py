@@ -317,3 +317,46 @@ def test_a_bestmodel_that_is_not_a_state_dict_is_a_clear_error(tmp_path, monkeyp
     torch.save(nn.ReLU(), tmp_path / "bestmodel.pth")
     with pytest.raises(CheckpointError, match="weights_only=True"):
         model_class().load_pretrained_model()
+
+
+# ---- 8. the names students used, with torch's signatures -----------------------------------
+
+def test_conv_transpose2d_alias_takes_torchs_signature():
+    from n2ngraph.compat import ConvTranspose2d
+
+    theirs = nn.ConvTranspose2d(3, 2, 3, 2, 1, 1, 1, True, 1, dtype=torch.float64)
+    ours = ConvTranspose2d(3, 2, 3, 2, 1, 1, 1, True, 1, dtype=torch.float64)
+    assert ours.weight.shape == theirs.weight.shape and ours.weight.dtype == torch.float64
+    ours.weight, ours.bias = theirs.weight, theirs.bias
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x).detach(), **F64)
+    with pytest.raises(ValueError, match="groups=3"):
+        ConvTranspose2d(3, 3, 3, groups=3)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_loss_alias(reduction):
+    from n2ngraph.compat import MSELoss
+
+    p, t = torch.rand(2, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(MSELoss(reduction=reduction)(p, t),
+                               nn.MSELoss(reduction=reduction)(p, t), **F64)
+    with pytest.raises(ValueError, match="deprecated"):
+        MSELoss(size_average=True)
+
+
+def test_upsample_alias():
+    from n2ngraph.compat import Upsample
+
+    x = torch.randn(2, 3, 4, 5)
+    for factor in (2, 3.0, (2, 2)):
+        expected = nn.Upsample(scale_factor=factor, mode="nearest")(x)
+        module = Upsample(scale_factor=factor)
+        torch.testing.assert_close(module(x), expected)
+        assert module.backward(torch.ones_like(expected)).shape == x.shape
+    with pytest.raises(ValueError, match="nearest"):
+        Upsample(scale_factor=2, mode="bilinear")
+    with pytest.raises(ValueError, match="positive integer"):
+        Upsample(scale_factor=1.5)
+    with pytest.raises(ValueError, match="size"):
+        Upsample(size=(8, 8))

@@ -23,8 +23,9 @@ model.py: the seed network with its recipe, trained and run through n2ngraph.
 """
 
 from .model import Model
-from .modules import (MSE, SGD, Conv2d, Module, NearestUpsampling, ReLU, Sequential, Sigmoid,
-                      TransposeConv2d, Upsampling)
+from .modules import (MSE, SGD, Conv2d, ConvTranspose2d, Module, MSELoss, NearestUpsampling,
+                      ReLU, Sequential, Sigmoid, TransposeConv2d, Upsample, Upsampling)
 
+# ConvTranspose2d, MSELoss and Upsample: the names students also used, with torch's signatures
 __all__ = ["Module", "Conv2d", "TransposeConv2d", "NearestUpsampling", "Upsampling", "ReLU",
-           "Sigmoid", "Sequential", "MSE", "SGD", "Model"]
+           "Sigmoid", "Sequential", "MSE", "SGD", "Model", "ConvTranspose2d", "MSELoss", "Upsample"]

@@ -243,6 +243,33 @@ class TransposeConv2d(_Parametrised):
         self._make_params(self.op)
 
 
+class ConvTranspose2d(TransposeConv2d):
+    """TransposeConv2d under torch's name, with torch's signature (``groups=1``,
+    ``padding_mode="zeros"`` only; ``dtype`` float32 or float64)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None):
+        _torch_only(groups=groups, padding_mode=padding_mode, device=device)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
+                         output_padding, dilation, bias)
+        if dtype is not None:
+            if dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"dtype={dtype}: n2ngraph computes in float32 or float64")
+            self.weight = self.weight.to(dtype)
+            self.bias = self.bias.to(dtype) if self.bias is not None else None
+
+
+def _torch_only(groups=1, padding_mode="zeros", device=None) -> None:
+    """torch arguments n2ngraph's modules take only at their default."""
+    if groups != 1:
+        raise ValueError(f"groups={groups!r}: n2ngraph's convolutions support groups=1 only")
+    if padding_mode != "zeros":
+        raise ValueError(f"padding_mode={padding_mode!r}: n2ngraph pads with zeros only")
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"device={device!r}: the compat modules run on the CPU")
+
+
 class NearestUpsampling(_Compiled):
     """Every pixel repeated ``scale_factor`` times along height and width."""
 
@@ -251,6 +278,22 @@ class NearestUpsampling(_Compiled):
 
     def _emit(self, nodes, name, source):
         return nodes.add(name, self.op, source)
+
+
+class Upsample(NearestUpsampling):
+    """torch's Upsample, for what n2ngraph has: ``mode="nearest"`` by an integer
+    ``scale_factor`` (an int, an integral float, or an equal pair)."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        if size is not None or scale_factor is None:
+            raise ValueError("Upsample: n2ngraph supports scale_factor only, not size")
+        if mode != "nearest" or align_corners:
+            raise ValueError(f"mode={mode!r}: n2ngraph's Upsample is 'nearest' only")
+        factor = _square(scale_factor, "scale_factor")
+        if isinstance(factor, bool) or float(factor) != int(factor) or int(factor) < 1:
+            raise ValueError(f"scale_factor={scale_factor!r}: a positive integer is needed")
+        super().__init__(int(factor))
 
 
 class Upsampling(Conv2d):
@@ -436,6 +479,16 @@ class MSE(Module):
                              f"got shape {tuple(seed.shape)}")
         seed = seed.reshape(()) * self._scale()
         return program.vjp(list(self._inputs), seed).reshape(self._shape)
+
+
+class MSELoss(MSE):
+    """MSE under torch's name, with torch's signature (``reduction`` only; the
+    deprecated ``size_average`` and ``reduce`` are refused)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        if size_average is not None or reduce is not None:
+            raise ValueError("size_average and reduce are deprecated in torch: use reduction=")
+        super().__init__(reduction)
 
 
 class SGD:
