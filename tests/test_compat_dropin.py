@@ -360,3 +360,28 @@ def test_upsample_alias():
         Upsample(scale_factor=1.5)
     with pytest.raises(ValueError, match="size"):
         Upsample(size=(8, 8))
+
+
+def test_a_subclass_that_replaces_forward_is_called_not_compiled():
+    class Noisy(ReLU):
+        def forward(self, x):
+            self.seen = True
+            return torch.relu(x) + 1
+
+        def backward(self, grad):
+            return grad
+
+    module = Noisy()
+    net = Sequential(Conv2d(2, 2, 1), module)
+    x = torch.randn(1, 2, 3, 3)
+    y = net.forward(x)
+    assert module.seen and bool((y >= 1).all())
+    assert net.backward(torch.ones_like(y)).shape == x.shape
+
+
+def test_model_takes_images_that_require_grad():
+    from n2ngraph.compat import Model
+
+    images = (torch.rand(1, 3, 8, 8) * 255).requires_grad_(True)
+    out = Model().predict(images)
+    assert out.shape == images.shape and not out.requires_grad

@@ -18,7 +18,10 @@ runs the inference plan. ``backward`` runs the 'vjp' plan, which recomputes the 
 (a module cannot know at forward time that a backward will follow) and then reverse
 mode seeded with the given output gradient; the parameter gradients are *added* to the
 module's ``grad_weight``/``grad_bias``, which accumulate until ``zero_grad`` as in torch.
-A ``Sequential`` compiles as one network, not module by module. ``Model`` is the seed's
+A ``Sequential`` compiles as one network, not module by module; with a user's own module
+inside (anything with ``forward`` and ``backward``), each run of compat modules between
+user modules is compiled and the user's module called in between. Tensors that require
+grad are read through ``detach()``: nothing here records autograd. ``Model`` is the seed's
 model.py: the seed network with its recipe, trained and run through n2ngraph.
 """
 

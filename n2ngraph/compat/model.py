@@ -76,7 +76,8 @@ class Model:
         return result.mul_(255)
 
     def _unit(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.program.dtype) / 255  # a new tensor: the caller's stays as is
+        # a new tensor: the caller's stays as is (one that requires grad is read as data)
+        return images.detach().to(self.program.dtype) / 255
 
 
 def _model_folder(cls: type) -> Path | None:

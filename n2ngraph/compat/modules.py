@@ -332,10 +332,13 @@ class Sigmoid(_Elementwise):
 
 
 def _compilable(module) -> bool:
-    """A compat module, or a Sequential of them all the way down: one plan can run it."""
+    """A compat module (whose forward and backward a subclass has not replaced), or a
+    Sequential of them all the way down: one plan can run it."""
     if isinstance(module, Sequential):
         return all(_compilable(m) for m in module.modules)
-    return isinstance(module, _Compiled)
+    kind = type(module)
+    return (isinstance(module, _Compiled) and kind.forward is _Compiled.forward
+            and kind.backward is _Compiled.backward)
 
 
 class Sequential(_Compiled):
