@@ -385,3 +385,17 @@ def test_model_takes_images_that_require_grad():
     images = (torch.rand(1, 3, 8, 8) * 255).requires_grad_(True)
     out = Model().predict(images)
     assert out.shape == images.shape and not out.requires_grad
+
+
+def test_a_weight_whose_data_is_replaced_is_read_and_updated():
+    conv = Conv2d(2, 2, 3, padding=1)
+    conv.weight = nn.Parameter(conv.weight.clone())
+    sgd = SGD(conv.param(), lr=0.5)
+    x = torch.randn(1, 2, 4, 4)
+    conv.forward(x)
+    conv.weight.data = torch.randn(2, 2, 3, 3)
+    fresh = conv.weight.detach().clone()
+    torch.testing.assert_close(conv.forward(x), F.conv2d(x, fresh, conv.bias.detach(), padding=1))
+    conv.backward(torch.ones(1, 2, 4, 4))
+    sgd.step()
+    torch.testing.assert_close(conv.weight.detach(), fresh - 0.5 * conv.grad_weight)

@@ -113,7 +113,8 @@ class _Compiled(Module):
                                f"one to the other (torch refuses the mix too)")
         program = build.program
         if (program is None or program.dtype != dtype
-                or any(build.sources.get(k) is not t for k, t in sources.items())):
+                or any(build.sources.get(k) is not t or program.params[k].data_ptr() != t.data_ptr()
+                       for k, t in sources.items())):  # another tensor, or its .data replaced
             params = {k: t.detach() for k, t in sources.items()}  # an nn.Parameter's data
             program = build.program = Program(build.spec, dtype=dtype, params=params)
             build.sources = sources
@@ -518,14 +519,16 @@ class SGD:
         return [p.current() if isinstance(p, _Pair) else tuple(p) for p in self.pairs]
 
     def _rebuild(self, current) -> None:
-        self._held = current
+        self._held = [(p, g, p.data_ptr(), g.data_ptr()) for p, g in current]
         params = {str(i): p.detach() for i, (p, _) in enumerate(current)}  # an nn.Parameter's data
         grads = {str(i): g.detach() for i, (_, g) in enumerate(current)}
         self._update = _SGDUpdate(params, grads, self.config)
 
     def step(self) -> None:
         current = self._current()
-        if any(a is not b for now, held in zip(current, self._held) for a, b in zip(now, held)):
+        if any(p is not p0 or g is not g0 or p.data_ptr() != ptr or g.data_ptr() != gptr
+               for (p, g), (p0, g0, ptr, gptr) in zip(current, self._held)):
+            # another tensor in a module, or a tensor's .data replaced
             self._rebuild(current)
         self._update.step()
 
