@@ -44,7 +44,7 @@ def _fails(capsys, argv, *needles) -> str:
 def eight_gib_free(monkeypatch):
     """What the memory check refuses does not depend on the machine the tests run on
     (and where it cannot read the memory, --pairs 1000000000 is not tried for real)."""
-    monkeypatch.setattr(config, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(config, "host_available_bytes", lambda: 8 * 2**30)
 
 
 @pytest.fixture(scope="module")

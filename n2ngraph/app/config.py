@@ -13,14 +13,12 @@ to the memory there is, before anything is made or written.
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
-
 import attrs
 
+from ..compiler.fit import host_available_bytes
 from ..compiler.spec import (MAX_SEED, OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec, Spec,
                              TrainSpec)
+from ..ops.base import finite_number
 from .data import parse_noise, source_kind
 
 RECIPE_OVERRIDES = {f.name for f in attrs.fields(TrainSpec)} | {"lr"}
@@ -127,10 +125,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
 def _count(value) -> str | None:
     return None if _is_int(value) and 1 <= value <= MAX_COUNT else \
         f"must be a whole number from 1 to {MAX_COUNT:,}"
@@ -150,8 +144,8 @@ _CHECKS = {
     **dict.fromkeys(("epochs", "batch", "pairs", "crop", "val_count"), _count),
     "seed": lambda v: None if _is_int(v) and 0 <= v <= MAX_SEED else
     f"must be a whole number from 0 to {MAX_SEED} (the run's random generators are seeded from it)",
-    "lr": lambda v: None if _is_number(v) and v > 0 else "must be a finite number > 0",
-    "clip_grad_norm": lambda v: None if _is_number(v) and v >= 0 else
+    "lr": lambda v: None if finite_number(v) and v > 0 else "must be a finite number > 0",
+    "clip_grad_norm": lambda v: None if finite_number(v) and v >= 0 else
     "must be a finite number >= 0 (0: no clipping)",
     "noise": _noise,
     "optimizer": lambda v: None if v in OPTIMIZERS else f"must be one of {', '.join(OPTIMIZERS)}",
@@ -177,30 +171,6 @@ def check_settings(values: dict) -> None:
             raise SettingError(key, value, problem)
 
 
-def available_memory() -> int | None:
-    """Bytes this process may still take, as far as the system says: the kernel's
-    MemAvailable, or less where a cgroup (a container, a job scheduler) caps it; where
-    there is no /proc (macOS), the physical memory; None where nothing can be read."""
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError):
-        try:
-            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, OSError, ValueError):  # no sysconf (Windows), or no such name
-            pass
-    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2, then v1
-                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            root = Path("/sys/fs/cgroup")
-            found.append(int((root / limit).read_text()) - int((root / usage).read_text()))
-        except (OSError, ValueError):  # absent, or "max": no cap
-            pass
-    return min(found) if found else None
-
-
 def memory_needed(config: TrainConfig) -> tuple[int, int]:
     """(bytes of an epoch's pairs, bytes of the validation crops), uint8, made whole up
     front: the clean crops and two noisy views of each (and with ``augment`` the two
@@ -213,9 +183,9 @@ def memory_needed(config: TrainConfig) -> tuple[int, int]:
 
 def check_memory(config: TrainConfig, available: int | None = None) -> None:
     """A SettingError when an epoch's pairs or the validation crops need more memory
-    than there is (``available``, else ``available_memory()``): caught here, before the
+    than there is (``available``, else ``host_available_bytes()``): caught here, before the
     run directory is made, not by the allocator partway into the first epoch."""
-    available = available_memory() if available is None else available
+    available = host_available_bytes() if available is None else available
     if available is None:
         return
     pairs, validation = memory_needed(config)

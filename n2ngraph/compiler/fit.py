@@ -20,6 +20,7 @@ CPU; the runtime asks CUDA for a GPU); ``None`` means unknown, and checks nothin
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from ..errors import SpecError
@@ -31,15 +32,27 @@ MEMINFO = Path("/proc/meminfo")
 
 
 def host_available_bytes() -> int | None:
-    """What the host can allocate without swapping (Linux's MemAvailable); None where
-    the system does not say."""
+    """Bytes this process may still take, as far as the system says: the kernel's
+    MemAvailable, or less where a cgroup (a container, a job scheduler) caps it; where
+    there is no /proc (macOS), the physical memory; None where nothing can be read."""
+    found = []
     try:
         for line in MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        try:
+            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows), or no such name
+            pass
+    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2, then v1
+                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            root = Path("/sys/fs/cgroup")
+            found.append(int((root / limit).read_text()) - int((root / usage).read_text()))
+        except (OSError, ValueError):  # absent, or "max": no cap
+            pass
+    return min(found) if found else None
 
 
 def size_text(n: int) -> str:

@@ -15,9 +15,7 @@ not fit in 64 bits, and every message quotes the user's values through ``excerpt
 
 from __future__ import annotations
 
-import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import yaml
 
 from ..errors import SpecError, excerpt
 from ..ops import OPS, Op
+from ..ops.base import finite_number
 from .fit import check_params_fit, host_available_bytes
 from .shapes import check_shapes
 from .spec import (INITS, MAX_SEED, OPTIMIZERS, SCHEDULES, InputSpec, NodeSpec, OptimizerSpec,
@@ -449,7 +448,7 @@ def _choice(raw, line, cls, settings_of: dict[str, tuple[str, ...]], field: str,
             values[key] = _flag(value, where, setting)
         elif key == "betas":
             if not (isinstance(value, list) and len(value) == 2
-                    and all(_is_number(b) and 0 <= b < 1 for b in value)):
+                    and all(finite_number(b) and 0 <= b < 1 for b in value)):
                 raise SpecError(f"expected two numbers in [0, 1) like [0.9, 0.999], got {excerpt(value)}",
                                 line=where, field=setting)
             values[key] = tuple(float(b) for b in value)
@@ -464,22 +463,11 @@ def _choice(raw, line, cls, settings_of: dict[str, tuple[str, ...]], field: str,
     return cls(**values)
 
 
-def _is_number(value) -> bool:
-    """An int or a float that is a finite float: YAML reads ``.nan`` and ``.inf`` as
-    floats, and no setting means either (nor an integer beyond float range)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) if isinstance(value, float) else abs(value) <= _FLOAT_MAX
-
-
-_FLOAT_MAX = sys.float_info.max
-
-
 def _number(value, line, field, *, low=0, high=None, low_open=False, high_open=False) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _is_number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not finite_number(value):
         shown = repr(value) if isinstance(value, float) else "an integer beyond float range"
         raise SpecError(f"expected a finite number, got {shown}", line=line, field=field)
-    ok = _is_number(value) and (value > low if low_open else value >= low)
+    ok = finite_number(value) and (value > low if low_open else value >= low)
     if high is not None:
         ok = ok and (value < high if high_open else value <= high)
     if not ok:

@@ -17,12 +17,11 @@ writes it.
 
 from __future__ import annotations
 
-import math
-import sys
 
 import attrs
 
 from ..ops import Op
+from ..ops.base import finite_number, shown_number
 
 @attrs.frozen
 class InputSpec:
@@ -66,11 +65,8 @@ def _finite(_instance, attribute: attrs.Attribute, value) -> None:
     for v in values:
         if v is None and attribute.name == "clip_grad_norm":
             continue
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not number or not (math.isfinite(v) if isinstance(v, float)
-                              else abs(v) <= sys.float_info.max):
-            shown = "an integer beyond float range" if number and isinstance(v, int) else repr(v)
-            raise ValueError(f"{attribute.name}: expected a finite number, got {shown}")
+        if not finite_number(v):
+            raise ValueError(f"{attribute.name}: expected a finite number, got {shown_number(v)}")
 
 
 def _setting(default):

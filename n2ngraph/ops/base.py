@@ -135,8 +135,8 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
         wrong_type = not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool))
         if wrong_type:
             raise SpecError(f"expected {described}, got {excerpt(value)}", field=field.name)
-        if kind is float and not _finite(value):  # YAML's .nan and .inf are floats
-            raise SpecError(f"expected a finite number, got {_shown(value)}", field=field.name)
+        if kind is float and not finite_number(value):
+            raise SpecError(f"expected a finite number, got {shown_number(value)}", field=field.name)
         if minimum is not None and value < minimum:
             bound = "positive" if minimum == 1 and kind is int else f">= {minimum}"
             raise SpecError(f"must be {bound}, got {excerpt(value)}", field=field.name)
@@ -146,12 +146,19 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
     return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
 
 
-def _finite(value: int | float) -> bool:
+def finite_number(value) -> bool:
+    """An int or a float (not a bool) whose value is a finite float: YAML reads ``.nan``
+    and ``.inf`` as floats, and no setting or attribute means either, nor an integer
+    beyond float range. The one test every number a spec, a run or a caller gives
+    passes (ops' attributes, parse.py, the recipe classes, a run's config.json)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
     return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
 
 
-def _shown(value: int | float) -> str:
-    return repr(value) if isinstance(value, float) else "an integer beyond float range"
+def shown_number(value) -> str:
+    """A number for a message saying it is not finite."""
+    return "an integer beyond float range" if isinstance(value, int) else repr(value)
 
 
 def window_out_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
