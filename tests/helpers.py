@@ -39,3 +39,23 @@ def step_both(prog, ref, opt, x, t, tol: float, step, after_backward=None) -> No
 def assert_params_close(prog, ref, tol: float) -> None:
     for name, p in ref.named_parameters():
         assert relative(prog.params[name], p.detach()) < tol, name
+
+
+def one_line(capsys) -> str:
+    """What the command line wrote to stderr since the last read: one line, an error,
+    no traceback (the promise every user error keeps)."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def fails(capsys, argv, *needles) -> str:
+    """Runs the command line on ``argv``: exit status 2 and one line holding every needle."""
+    from n2ngraph.app.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = one_line(capsys)
+    for needle in needles:
+        assert needle in err, err
+    return err

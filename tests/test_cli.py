@@ -16,7 +16,7 @@ from n2ngraph.app.checkpoint import load_checkpoint
 from n2ngraph.runtime.program import Program
 from n2ngraph.app.cli import main
 
-from helpers import ROOT
+from helpers import ROOT, fails
 
 SPEC = str(ROOT / "specs" / "noise2noise.yaml")
 QUICK = ["--pairs", "64", "--batch", "4", "--val-count", "16", "--no-progress", "--lr", "0.5"]
@@ -167,10 +167,10 @@ def test_fine_tuning_starts_from_the_given_weights(trained, tmp_path):
 
 def test_fine_tuning_from_missing_or_foreign_weights_writes_nothing(trained, tmp_path, capsys):
     run = tmp_path / "r"
-    _fails(capsys, [SPEC, "--train", "--run", str(run), "--from-weights", str(tmp_path / "no.safetensors"),
+    fails(capsys, [SPEC, "--train", "--run", str(run), "--from-weights", str(tmp_path / "no.safetensors"),
                     *QUICK], "no.safetensors")
     unet = str(ROOT / "specs" / "unet.yaml")
-    _fails(capsys, [unet, "--train", "--run", str(run), "--from-weights", str(trained), *QUICK],
+    fails(capsys, [unet, "--train", "--run", str(run), "--from-weights", str(trained), *QUICK],
            "best.safetensors")
     assert not run.exists()
 
@@ -198,47 +198,38 @@ def test_sweep_writes_its_figure(tmp_path):
 # ---- bad input: one line, exit 2, nothing clobbered ----------------------------------
 
 
-def _fails(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def test_existing_run_directory_is_refused(trained, capsys):
     before = (trained / "last.safetensors").read_bytes()
-    _fails(capsys, [SPEC, "--train", "--run", str(trained), *QUICK], str(trained), "already exists")
+    fails(capsys, [SPEC, "--train", "--run", str(trained), *QUICK], str(trained), "already exists")
     assert (trained / "last.safetensors").read_bytes() == before
 
 
 def test_missing_and_corrupt_spec(tmp_path, capsys):
-    _fails(capsys, [str(tmp_path / "nope.yaml"), "--train"], "nope.yaml", "cannot read spec")
+    fails(capsys, [str(tmp_path / "nope.yaml"), "--train"], "nope.yaml", "cannot read spec")
     bad = tmp_path / "bad.yaml"
     bad.write_text("nodes: [\n")
-    _fails(capsys, [str(bad), "--train", "--run", str(tmp_path / "r")], "bad.yaml", "invalid YAML")
+    fails(capsys, [str(bad), "--train", "--run", str(tmp_path / "r")], "bad.yaml", "invalid YAML")
     assert not (tmp_path / "r").exists()
 
 
 def test_weights_for_another_spec(trained, capsys):
-    _fails(capsys, [str(ROOT / "specs" / "skipnet.yaml"), "--eval", "--weights", str(trained)],
+    fails(capsys, [str(ROOT / "specs" / "skipnet.yaml"), "--eval", "--weights", str(trained)],
            "best.safetensors", "another network")
 
 
 def test_corrupt_and_missing_weights(tmp_path, capsys):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    _fails(capsys, [SPEC, "--eval", "--weights", str(junk)], "junk.safetensors")
-    _fails(capsys, [SPEC, "--eval", "--weights", str(tmp_path / "none.safetensors")], "none.safetensors")
+    fails(capsys, [SPEC, "--eval", "--weights", str(junk)], "junk.safetensors")
+    fails(capsys, [SPEC, "--eval", "--weights", str(tmp_path / "none.safetensors")], "none.safetensors")
 
 
 def test_bad_images(trained, tmp_path, capsys):
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
-    _fails(capsys, [SPEC, "--denoise", str(fake), "--weights", str(trained), "--out", str(tmp_path / "o")],
+    fails(capsys, [SPEC, "--denoise", str(fake), "--weights", str(trained), "--out", str(tmp_path / "o")],
            "fake.png")
-    _fails(capsys, [SPEC, "--denoise", str(tmp_path / "gone.png"), "--weights", str(trained),
+    fails(capsys, [SPEC, "--denoise", str(tmp_path / "gone.png"), "--weights", str(trained),
                     "--out", str(tmp_path / "o")], "gone.png")
     assert not (tmp_path / "o").exists()
 
@@ -246,19 +237,19 @@ def test_bad_images(trained, tmp_path, capsys):
 def test_bad_pkl(tmp_path, capsys):
     wrong = tmp_path / "train_data.pkl"
     torch.save((torch.zeros(4, 1, 32, 32, dtype=torch.uint8),) * 2, wrong)
-    _fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), "--data", str(wrong), *QUICK],
+    fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), "--data", str(wrong), *QUICK],
            "train_data.pkl")
     wrong.write_bytes(b"garbage")
-    _fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), "--data", str(wrong), *QUICK],
+    fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), "--data", str(wrong), *QUICK],
            "train_data.pkl")
     assert not (tmp_path / "r").exists()
 
 
 def test_bad_options(tmp_path, capsys):
-    _fails(capsys, [SPEC, "--train", "--noise", "pink:3", "--run", str(tmp_path / "r")], "--noise")
-    _fails(capsys, [SPEC, "--train", "--epochs", "0", "--run", str(tmp_path / "r")], "--epochs")
-    _fails(capsys, [SPEC, "--denoise", "x.png", "--weights", "w"], "--out")
-    _fails(capsys, ["--resume", str(tmp_path)], "config.json")
+    fails(capsys, [SPEC, "--train", "--noise", "pink:3", "--run", str(tmp_path / "r")], "--noise")
+    fails(capsys, [SPEC, "--train", "--epochs", "0", "--run", str(tmp_path / "r")], "--epochs")
+    fails(capsys, [SPEC, "--denoise", "x.png", "--weights", "w"], "--out")
+    fails(capsys, ["--resume", str(tmp_path)], "config.json")
 
 
 def test_training_from_exported_course_pkl_files(tmp_path, capsys):
@@ -267,7 +258,7 @@ def test_training_from_exported_course_pkl_files(tmp_path, capsys):
     noisy, clean = datasets.load_pairs(tmp_path / "val_data.pkl")
     assert a.shape == b.shape == (40, 3, 32, 32) and noisy.shape == clean.shape == (8, 3, 32, 32)
     assert not torch.equal(a, b)  # two independent noisy views, never the same pixels
-    _fails(capsys, [SPEC, "--export", str(tmp_path), "--pairs", "40"], "exists")
+    fails(capsys, [SPEC, "--export", str(tmp_path), "--pairs", "40"], "exists")
     run = tmp_path / "run"
     assert main([SPEC, "--train", "--run", str(run), "--epochs", "1", "--data",
                  str(tmp_path / "train_data.pkl"), *QUICK]) == 0

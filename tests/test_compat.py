@@ -22,13 +22,7 @@ from torch_reference import TorchNet
 F64 = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny GEMMs: on a shared machine two threads fighting for cores are ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny GEMMs (conftest.py says why)
 
 
 def _double(module):

@@ -14,12 +14,7 @@ from n2ngraph.compat import (MSE, SGD, Conv2d, ReLU, Sequential, Sigmoid, Transp
 F64 = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny GEMMs (conftest.py says why)
 
 
 # ---- 1. tensors that require grad -----------------------------------------------------------

@@ -20,7 +20,7 @@ from n2ngraph.compiler.parse import parse_spec
 from n2ngraph.compiler.spec import OptimizerSpec
 from n2ngraph.runtime.divergence import Recent, locate
 
-from helpers import ROOT
+from helpers import ROOT, one_line
 
 SPEC = str(ROOT / "specs" / "noise2noise.yaml")
 TINY = ["--pairs", "16", "--batch", "4", "--crop", "16", "--val-count", "8", "--no-progress"]
@@ -28,12 +28,6 @@ TINY = ["--pairs", "16", "--batch", "4", "--crop", "16", "--val-count", "8", "--
 
 def _train(run, *extra) -> int:
     return main([SPEC, "--train", "--run", str(run), "--epochs", "2", *TINY, *extra])
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def _all_finite(run) -> bool:
@@ -49,7 +43,7 @@ def test_a_run_that_diverges_stops_naming_step_epoch_and_node(tmp_path, capsys):
     step) exists, untouched, and it says so."""
     run = tmp_path / "run"
     assert _train(run, "--lr", "1e20") == 3
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert re.search(r"training diverged: the loss of epoch 1, step \d+ is nan; re-run with "
                      r"checks, at epoch 1, step \d+, node '\w+' \(conv2d, forward, line \d+\) "
                      r"went non-finite first; " + re.escape(str(run / "last.safetensors")) +
@@ -71,7 +65,7 @@ def test_a_run_good_for_an_epoch_keeps_its_checkpoints_when_it_diverges(tmp_path
 
     monkeypatch.setattr(training, "learning_rate", jump)
     assert _train(run, "--lr", "0.5") == 3
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert "the loss of epoch 2, step" in err and "node '" in err, err
     assert f"{run / 'last.safetensors'} and {run / 'best.safetensors'} are kept as before" in err
     assert set(written) == {"last.safetensors", "best.safetensors"}
@@ -96,7 +90,7 @@ def test_an_inf_a_finite_loss_hides_stops_the_run_before_a_checkpoint_holds_it(t
     monkeypatch.setattr(ng.Program, "train_step", step_then_break)
     run = tmp_path / "run"
     assert _train(run, "--lr", "0.5") == 3
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert "training diverged: parameter 'conv1.bias' is non-finite after epoch 1, step 4; " \
            "re-run with checks, parameter 'conv1.bias' was already non-finite when epoch 1, " \
            f"step 3 started; {run / 'last.safetensors'} is kept as before" in err, err

@@ -14,16 +14,10 @@ from n2ngraph.app.cli import main
 from n2ngraph.compiler.parse import parse_spec
 from n2ngraph.compiler.spec import OptimizerSpec
 
-from helpers import ROOT
+from helpers import ROOT, one_line
 
 SPEC = str(ROOT / "specs" / "noise2noise.yaml")
 TINY = ["--pairs", "16", "--batch", "4", "--crop", "16", "--val-count", "8", "--no-progress"]
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("argv", [["--lr", "nan"], ["--lr", "inf"], ["--lr", "1e999"],
@@ -31,7 +25,7 @@ def _one_line(capsys) -> str:
 def test_non_finite_options_are_refused(tmp_path, capsys, argv):
     assert main([SPEC, "--train", "--run", str(tmp_path / "r"), "--epochs", "1", *TINY,
                  *argv]) == 2
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert argv[0] in err and "must be a finite number" in err, err
     assert not (tmp_path / "r").exists()
 
@@ -40,7 +34,7 @@ def test_non_finite_options_are_refused(tmp_path, capsys, argv):
 def test_sweep_learning_rates_are_checked_before_any_run(tmp_path, capsys, lrs):
     assert main([SPEC, "--sweep", "--lrs", lrs, "--batches", "4", "--run", str(tmp_path / "s"),
                  *TINY]) == 2
-    assert "--lrs" in _one_line(capsys)
+    assert "--lrs" in one_line(capsys)
     assert not (tmp_path / "s").exists()
 
 
@@ -72,7 +66,7 @@ def test_a_non_finite_learning_rate_in_a_run_directory_is_refused(tmp_path, caps
     record = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps(dict(record, lr=float("nan"))))
     assert main(["--resume", str(run), "--no-progress"]) == 2
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert str(run / "config.json") in err and "lr nan: must be a finite number" in err, err
 
 

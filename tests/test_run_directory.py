@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from n2ngraph.app.checkpoint import load_checkpoint
 from n2ngraph.app.cli import main
 
-from helpers import ROOT
+from helpers import ROOT, fails
 
 SPEC = str(ROOT / "specs" / "noise2noise.yaml")
 TINY = ["--epochs", "2", "--pairs", "16", "--batch", "4", "--crop", "16", "--val-count", "8",
@@ -139,15 +139,6 @@ def test_metrics_of_an_older_checkpoint_are_cut_to_its_epochs(reference, tmp_pat
     assert _metrics(run, "train_loss") == _metrics(reference, "train_loss")
 
 
-def _fails(capsys, argv, *needles) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_a_spec_name_never_moves_the_run_out_of_runs(tmp_path, monkeypatch):
     spec = tmp_path / "specs" / "escape.yaml"
     spec.parent.mkdir()
@@ -165,9 +156,9 @@ def test_a_spec_name_never_moves_the_run_out_of_runs(tmp_path, monkeypatch):
 
 def test_max_steps_must_be_positive(tmp_path, capsys):
     for steps in ("0", "-3"):
-        _fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), *TINY, "--max-steps", steps],
+        fails(capsys, [SPEC, "--train", "--run", str(tmp_path / "r"), *TINY, "--max-steps", steps],
                "--max-steps", steps)
-        _fails(capsys, ["--resume", str(tmp_path / "r"), "--max-steps", steps], "--max-steps")
+        fails(capsys, ["--resume", str(tmp_path / "r"), "--max-steps", steps], "--max-steps")
     assert not (tmp_path / "r").exists()
 
 
@@ -176,8 +167,8 @@ def test_a_spec_given_with_resume_must_be_the_runs(tmp_path, capsys):
     assert main([SPEC, "--train", "--run", str(run), *TINY, "--max-steps", "1"]) == 0
     before = (run / "last.safetensors").read_bytes()
     other = str(ROOT / "specs" / "skipnet.yaml")
-    _fails(capsys, [other, "--resume", str(run)], "skipnet.yaml", "differs", "spec.yaml")
-    _fails(capsys, [str(tmp_path / "gone.yaml"), "--resume", str(run)], "gone.yaml")
+    fails(capsys, [other, "--resume", str(run)], "skipnet.yaml", "differs", "spec.yaml")
+    fails(capsys, [str(tmp_path / "gone.yaml"), "--resume", str(run)], "gone.yaml")
     assert (run / "last.safetensors").read_bytes() == before
     assert main([SPEC, "--resume", str(run), "--max-steps", "1", "--no-progress"]) == 0
     assert load_checkpoint(run / "last.safetensors")[2]["step"] == 2

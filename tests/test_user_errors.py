@@ -24,20 +24,11 @@ from n2ngraph.app.config import SettingError, TrainConfig, check_memory, check_s
 from n2ngraph.app.data import parse_noise
 from n2ngraph.compiler.spec import MAX_SEED
 
-from helpers import ROOT
+from helpers import ROOT, fails
 
 SPEC = str(ROOT / "specs" / "noise2noise.yaml")
 QUICK = ["--epochs", "1", "--pairs", "64", "--batch", "4", "--val-count", "16", "--no-progress",
          "--threads", "1"]
-
-
-def _fails(capsys, argv, *needles) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(autouse=True)
@@ -75,9 +66,9 @@ def photo(tmp_path) -> Path:
 def test_a_file_where_the_output_folder_should_be(tmp_path, capsys, photo, weights):
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me")
-    _fails(capsys, [SPEC, "--denoise", str(photo), "--weights", str(weights),
+    fails(capsys, [SPEC, "--denoise", str(photo), "--weights", str(weights),
                     "--out", str(blocker)], f"--out {blocker}", "not a folder")
-    _fails(capsys, [SPEC, "--export", str(blocker), "--pairs", "8", "--val-count", "4"],
+    fails(capsys, [SPEC, "--export", str(blocker), "--pairs", "8", "--val-count", "4"],
            f"--export {blocker}", "not a folder")
     assert blocker.read_text() == "keep me"
 
@@ -89,16 +80,16 @@ def test_a_read_only_file_system_under_the_output_folder(tmp_path, capsys, photo
 
     monkeypatch.setattr(os, "mkdir", read_only)
     out = tmp_path / "ro" / "out"
-    _fails(capsys, [SPEC, "--denoise", str(photo), "--weights", str(weights), "--out", str(out)],
+    fails(capsys, [SPEC, "--denoise", str(photo), "--weights", str(weights), "--out", str(out)],
            str(out), "Read-only file system")
-    _fails(capsys, [SPEC, "--export", str(out), "--pairs", "8", "--val-count", "4"],
+    fails(capsys, [SPEC, "--export", str(out), "--pairs", "8", "--val-count", "4"],
            str(out), "Read-only file system")
 
 
 def test_a_link_to_nowhere_as_the_run_directory_is_refused_and_left_alone(tmp_path, capsys):
     link = tmp_path / "run"
     link.symlink_to(tmp_path / "nowhere")
-    _fails(capsys, [SPEC, "--train", "--run", str(link), *QUICK], str(link), "already exists")
+    fails(capsys, [SPEC, "--train", "--run", str(link), *QUICK], str(link), "already exists")
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
 
 
@@ -119,7 +110,7 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_last_one(tmp_path, 
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_once_epoch_1_is_saved)
-    _fails(capsys, [SPEC, "--train", "--run", str(run), *QUICK, "--epochs", "2"],
+    fails(capsys, [SPEC, "--train", "--run", str(run), *QUICK, "--epochs", "2"],
            f"{run}{os.sep}", ".safetensors: cannot write (No space left on device)")
     _, _, state, _ = load_checkpoint(run / "last.safetensors")
     assert state["epoch"] == 1  # the first epoch's checkpoint, whole
@@ -165,7 +156,7 @@ def test_a_checkpoint_whose_training_state_is_not_json(tmp_path, capsys, weights
     for state in ("{not json", "[1, 2]"):
         bad = tmp_path / "bad.safetensors"
         save_file(load_file(weights), bad, metadata={**metadata, "state": state})
-        _fails(capsys, [SPEC, "--eval", "--weights", str(bad), "--val-count", "4"],
+        fails(capsys, [SPEC, "--eval", "--weights", str(bad), "--val-count", "4"],
                str(bad), "training state")
 
 
@@ -188,18 +179,18 @@ def _run_directory(tmp_path, **changes) -> Path:
 ], ids=str)
 def test_bad_values_in_a_run_directorys_config(tmp_path, capsys, key, value):
     run = _run_directory(tmp_path, **{key: value})
-    _fails(capsys, ["--resume", str(run), "--no-progress"], str(run / "config.json"), key)
+    fails(capsys, ["--resume", str(run), "--no-progress"], str(run / "config.json"), key)
 
 
 def test_a_run_directory_whose_files_are_not_text(tmp_path, capsys):
     run = _run_directory(tmp_path)
     (run / "spec.yaml").write_bytes(b"name: \xff\xfe\n")
-    _fails(capsys, ["--resume", str(run)], str(run / "spec.yaml"), "not UTF-8")
+    fails(capsys, ["--resume", str(run)], str(run / "spec.yaml"), "not UTF-8")
     (run / "spec.yaml").write_text(Path(SPEC).read_text())
     (run / "config.json").write_bytes(b'{"epochs": "\xff"}')
-    _fails(capsys, ["--resume", str(run)], str(run / "config.json"))
+    fails(capsys, ["--resume", str(run)], str(run / "config.json"))
     (run / "config.json").write_text("[1, 2]")
-    _fails(capsys, ["--resume", str(run)], str(run / "config.json"), "not a JSON object")
+    fails(capsys, ["--resume", str(run)], str(run / "config.json"), "not a JSON object")
 
 
 # ---- numbers no run can work with ------------------------------------------------------
@@ -215,28 +206,28 @@ def test_numbers_no_run_can_work_with_are_refused_before_anything_is_made(tmp_pa
                                                                           option, value):
     run = tmp_path / "run"
     # given after QUICK, the tested value is the one argparse keeps
-    _fails(capsys, [SPEC, "--train", "--run", str(run), *QUICK, option, value], option)
+    fails(capsys, [SPEC, "--train", "--run", str(run), *QUICK, option, value], option)
     assert not run.exists()
 
 
 def test_a_sweep_with_a_batch_size_of_zero(tmp_path, capsys):
     run = tmp_path / "sweep"
-    _fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1", "--batches", "4,0",
+    fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1", "--batches", "4,0",
                     "--epochs", "1", "--pairs", "8", "--val-count", "4"], "--batches", "batch 0")
-    _fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1,inf", "--batches", "4",
+    fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1,inf", "--batches", "4",
                     "--epochs", "1", "--pairs", "8", "--val-count", "4"], "--lrs", "lr inf")
-    _fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1", "--batches", "4,16",
+    fails(capsys, [SPEC, "--sweep", "--run", str(run), "--lrs", "1", "--batches", "4,16",
                     "--epochs", "1", "--pairs", "8", "--val-count", "4"], "--batch 16")
     assert not run.exists()  # every grid point checked before the first run is made
 
 
 def test_threads_torch_cannot_take(capsys):
-    _fails(capsys, [SPEC, "--summary", "--steps", "0", "--threads", "99999999999999999999"],
+    fails(capsys, [SPEC, "--summary", "--steps", "0", "--threads", "99999999999999999999"],
            "--threads")
 
 
 def test_eval_refuses_a_seed_torch_cannot_take(capsys):
-    _fails(capsys, [SPEC, "--eval", "--seed", str(2**64), "--val-count", "4"], "--seed")
+    fails(capsys, [SPEC, "--eval", "--seed", str(2**64), "--val-count", "4"], "--seed")
 
 
 def test_control_characters_in_a_spec_name(tmp_path, capsys, monkeypatch):
@@ -246,7 +237,7 @@ def test_control_characters_in_a_spec_name(tmp_path, capsys, monkeypatch):
     spec = tmp_path / "nul.yaml"
     spec.write_text(text)
     monkeypatch.chdir(tmp_path)  # the default run directory, runs/<name>-<time>, goes here
-    _fails(capsys, [str(spec), "--train", *QUICK], "nul.yaml", "'name'", "control characters")
+    fails(capsys, [str(spec), "--train", *QUICK], "nul.yaml", "'name'", "control characters")
     assert [p.name for p in tmp_path.iterdir()] == ["nul.yaml"]
 
 
@@ -317,4 +308,4 @@ def test_a_resumed_checkpoint_missing_part_of_its_training_state(tmp_path, capsy
     state.pop(key) if value is None else state.update(change)
     save_file(load_file(last), last, metadata={**metadata, "state": json.dumps(state)})
     capsys.readouterr()
-    _fails(capsys, ["--resume", str(run), "--no-progress"], str(last), f"'{key}'")
+    fails(capsys, ["--resume", str(run), "--no-progress"], str(last), f"'{key}'")
