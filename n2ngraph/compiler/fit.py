@@ -65,7 +65,7 @@ def size_text(n: int) -> str:
     return f"{n:,} bytes ({n / scale:,.1f} {unit})"
 
 
-def check_params_fit(spec: Spec, available: int | None, *, itemsize: int = 4,
+def check_params_fit_memory(spec: Spec, available: int | None, *, itemsize: int = 4,
                      copies: int = 1, what: str = "the parameters") -> None:
     """A SpecError naming the largest parameter and its node's line when ``copies`` of
     every parameter (the parameters themselves, their gradients, ...) at ``itemsize``

@@ -26,7 +26,7 @@ import yaml
 from ..errors import SpecError, excerpt
 from ..ops import OPS, Op
 from ..ops.base import finite_number
-from .fit import check_params_fit, host_available_bytes
+from .fit import check_params_fit_memory, host_available_bytes
 from .shapes import check_shapes
 from .spec import (INITS, MAX_SEED, OPTIMIZERS, SCHEDULES, InputSpec, NodeSpec, OptimizerSpec,
                    ScheduleSpec, Spec, TrainSpec)
@@ -216,7 +216,7 @@ def parse_spec(text: str, file: str | None = None) -> Spec:
             raise SpecError("spec is not valid Unicode text") from None
         spec = _build(doc, file)
         check_shapes(spec)
-        check_params_fit(spec, host_available_bytes())
+        check_params_fit_memory(spec, host_available_bytes())
         return spec
     except SpecError as e:
         raise e.located(file) from None

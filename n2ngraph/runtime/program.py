@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..compiler.autodiff import grad_name
-from ..compiler.fit import check_params_fit
+from ..compiler.fit import check_params_fit_memory
 from ..compiler.shapes import needed_nodes
 from ..compiler.spec import OptimizerSpec, Spec
 from .cuda_graphs import CudaGraphs
@@ -73,7 +73,7 @@ class Program:
         self.device = torch.device(device)
         self.dtype = dtype
         recipe = spec.train
-        check_params_fit(spec, available_bytes(self.device), copies=2,
+        check_params_fit_memory(spec, available_bytes(self.device), copies=2,
                          itemsize=torch.empty((), dtype=dtype).element_size(),
                          what=f"the parameters and their gradients in {dtype} on {self.device}")
         self.params = packed(initial_params(spec, init or recipe.init,
