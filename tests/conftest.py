@@ -1,8 +1,14 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import SPECS
+
+# Generated kernels are built into a cache of this test session, not the user's: the
+# suite shows that a fresh machine compiles them, and the CLI's subprocesses share it.
+os.environ.setdefault("N2NGRAPH_CACHE", tempfile.mkdtemp(prefix="n2ngraph-test-cache-"))
 
 
 @pytest.fixture(params=SPECS, ids=[p.stem for p in SPECS])

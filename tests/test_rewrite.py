@@ -135,7 +135,7 @@ def test_untiled_gpu_schedules_train_like_the_cpu_ones(name, shape, monkeypatch,
     spec = ng.load_spec(ROOT / "specs" / f"{name}.yaml")
     config = ng.compiler.spec.OptimizerSpec(lr=0.01, momentum=0.9)
     tiled = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
-    for_gpu = lambda graph, device: lower(graph, torch.device("cuda"))  # noqa: E731
+    for_gpu = lambda graph, device, codegen: lower(graph, torch.device("cuda"), codegen)  # noqa: E731
     monkeypatch.setattr(ng.runtime.plans, "lower", for_gpu)
     whole = ng.compile(spec, shape, dtype=torch.float64, seed=5, optimizer=config)
     graph = whole.compiled("train", whole.input_shapes(shape)).graph

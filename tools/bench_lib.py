@@ -2,7 +2,7 @@
 
     tools/bench [SPEC ...] [--batches 4,64,256] [--image 512] [--rounds 7] [--steps 20]
                 [--threads N] [--device cpu|cuda] [--no-compile] [--no-memory]
-                [--ops [--schedule-of cpu|cuda]] [--unfold input|output|none]
+                [--ops [--schedule-of cpu|cuda]] [--unfold input|output|none] [--no-codegen]
 
 What it measures, for each spec (default: ``specs/noise2noise.yaml``):
 
@@ -12,6 +12,9 @@ What it measures, for each spec (default: ``specs/noise2noise.yaml``):
   torch.optim (``tools/torch_reference.py``); *compile*, that same step function
   (zero_grad, forward, backward, optimizer step) under ``torch.compile``.
 - **inference** on one ``--image`` x ``--image`` photo.
+- on a CPU with a C compiler also *n2ngraph no-codegen*: the same program with
+  ``codegen=False``, tensor-op kernels only (``--no-codegen`` leaves out the generated
+  ones everywhere, that column too).
 - on a GPU (``--device cuda``) also *n2ngraph launched*: n2ngraph without CUDA graphs,
   every kernel launched from Python; and every contender in float32 with TF32 off
   (PyTorch's convolutions would otherwise use TF32 by default, n2ngraph's GEMMs not).
@@ -58,11 +61,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import n2ngraph as ng  # noqa: E402
-from n2ngraph.kernels.table import GPU_TILE  # noqa: E402
+from n2ngraph.kernels.table import GPU_TILE, codegen_runs  # noqa: E402
 from torch_reference import TorchModel  # noqa: E402
 
 CONTENDERS = ("n2ngraph", "eager", "compile")
 LAUNCHED = "n2ngraph launched"  # on a GPU: n2ngraph without CUDA graphs, each kernel from Python
+NO_CODEGEN = "n2ngraph no-codegen"  # on a CPU: n2ngraph with tensor-op kernels only
 
 
 # ---- the contenders --------------------------------------------------------------------
@@ -76,11 +80,12 @@ def _pair(spec, batch: int, size: int, device, seed: int = 0):
     return noisy
 
 
-def build(name: str, spec, device) -> object:
-    """A model with ``train_step(x, t) -> float`` and ``forward(x)``, all three
+def build(name: str, spec, device, codegen: bool = True) -> object:
+    """A model with ``train_step(x, t) -> float`` and ``forward(x)``, all of them
     starting from the weights n2ngraph draws for the spec's seed."""
-    program = ng.compile(spec, None, device=device, cuda_graphs=name != LAUNCHED)
-    if name in ("n2ngraph", LAUNCHED):
+    program = ng.compile(spec, None, device=device, cuda_graphs=name != LAUNCHED,
+                         codegen=codegen and name != NO_CODEGEN)
+    if name in ("n2ngraph", LAUNCHED, NO_CODEGEN):
         return program
     model = TorchModel(spec, optimizer=spec.train.optimizer, seed=spec.train.seed,
                        device=device, init_from=program.state_dict())
@@ -139,7 +144,7 @@ def interleaved(calls: dict, *, rounds: int, steps: int, device) -> dict[str, fl
 
 def bench_train(spec, batch: int, names, args) -> dict[str, float]:
     x, t = _pair(spec, batch, spec.train.crop, args.device)
-    models = {n: build(n, spec, args.device) for n in names}
+    models = {n: build(n, spec, args.device, not args.no_codegen) for n in names}
     calls = {n: (lambda m=m: m.train_step(x, t)) for n, m in models.items()}
     for call in calls.values():  # warm-up: compiles, plans, caches
         for _ in range(3):
@@ -166,8 +171,9 @@ def count_ops(spec, batch: int, args) -> dict[str, int]:
     thread of its own, which a dispatch mode does not see)."""
     x, t = _pair(spec, batch, spec.train.crop, "cpu")
     counts = {}
+    codegen = not args.no_codegen and args.schedule_of != "cuda"  # a GPU runs none
     for name in ("n2ngraph", "eager"):
-        model = build(name, spec, "cpu")
+        model = build(name, spec, "cpu", codegen)
         for _ in range(3):
             model.train_step(x, t)
         with KernelCount() as counter:
@@ -178,7 +184,7 @@ def count_ops(spec, batch: int, args) -> dict[str, int]:
 
 def bench_inference(spec, size: int, names, args) -> dict[str, float]:
     (x, _) = _pair(spec, 1, size, args.device)
-    models = {n: build(n, spec, args.device) for n in names}
+    models = {n: build(n, spec, args.device, not args.no_codegen) for n in names}
     calls = {n: (lambda m=m: m.forward(x)) for n, m in models.items()}
     with torch.no_grad():
         for call in calls.values():
@@ -220,7 +226,7 @@ def load(spec_path: str, unfold: str | None = None, schedule_of: str | None = No
 
 
 def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str,
-                 unfold: str | None = None) -> dict:
+                 unfold: str | None = None, codegen: bool = True) -> dict:
     spec = load(spec_path, unfold)
     x, t = _pair(spec, batch, spec.train.crop, device)
     # the baseline: a process with torch, the data and one small throwaway step ready
@@ -234,7 +240,7 @@ def memory_child(spec_path: str, name: str, batch: int, steps: int, device: str,
     else:
         _reset_peak()
         before = _status_mib("VmRSS")
-    model = build(name, spec, device)
+    model = build(name, spec, device, codegen)
     for _ in range(steps):
         model.train_step(x, t)
     peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _status_mib("VmHWM")
@@ -250,7 +256,8 @@ def bench_memory(spec_path: str, batch: int, names, args) -> dict[str, dict]:
     for name in names:
         command = [sys.executable, str(Path(__file__).resolve().parent / "bench"), "--memory-child", name,
                    "--batches", str(batch), "--device", args.device, spec_path,
-                   *(["--unfold", args.unfold] if args.unfold else [])]
+                   *(["--unfold", args.unfold] if args.unfold else []),
+                   *(["--no-codegen"] if args.no_codegen else [])]
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
@@ -297,6 +304,8 @@ def main(argv=None) -> int:
                    help="with --ops: count n2ngraph's plan as built for this device")
     p.add_argument("--unfold", choices=("input", "output", "none"),
                    help="every conv2d of n2ngraph unfolding this side (default: each its own)")
+    p.add_argument("--no-codegen", action="store_true",
+                   help="n2ngraph with tensor-op kernels only (no generated ones)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -304,11 +313,13 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",") if b]
     if args.memory_child:
         print(json.dumps(memory_child(args.specs[0], args.memory_child, batches[0], 3, args.device,
-                                      args.unfold)))
+                                      args.unfold, not args.no_codegen)))
         return 0
     if args.ops:
         return print_ops(batches, args)
     names = [n for n in CONTENDERS if not (args.no_compile and n == "compile")]
+    if not args.no_codegen and codegen_runs(args.device):
+        names.insert(1, NO_CODEGEN)
     if torch.device(args.device).type == "cuda":
         names.insert(1, LAUNCHED)
         # fp32 for every contender: PyTorch's convolutions would otherwise run in TF32

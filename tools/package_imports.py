@@ -23,7 +23,7 @@ import networkx as nx
 PACKAGE = "n2ngraph"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 
-LAYERS = ("errors", "ops", "kernels", "compiler", "runtime", "app", "compat", "root")
+LAYERS = ("errors", "ops", "codegen", "kernels", "compiler", "runtime", "app", "compat", "root")
 """Bottom to top. A module may import its own layer or any layer below it. ``root`` is
 the facade (``n2ngraph/__init__.py``) and the ``python -m n2ngraph.run`` entry point,
 which stand on everything; ``errors`` is ``errors.py``, which everything may raise."""

@@ -23,6 +23,7 @@ ROLES = {  # what each layer is for, printed in its band
     "runtime": "buffers, plans, optimizers",
     "compiler": "pure passes over frozen IR",
     "kernels": "how ops are computed",
+    "codegen": "C source it generates",
     "ops": "what each op means",
     "errors": "the error a user sees",
 }
@@ -30,6 +31,7 @@ COLOURS = {  # layer -> (fill, border)
     "root": ("#f1f5f9", "#334155"), "compat": ("#fce7f3", "#9d174d"),
     "app": ("#ede9fe", "#5b21b6"), "runtime": ("#dbeafe", "#1d4ed8"),
     "compiler": ("#dcfce7", "#15803d"), "kernels": ("#ffedd5", "#c2410c"),
+    "codegen": ("#e0e7ff", "#4338ca"),
     "ops": ("#fef3c7", "#b45309"), "errors": ("#fee2e2", "#b91c1c"),
 }
 UPWARD = "#dc2626"

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ..codegen import CodegenError
+from ..codegen.build import cache_dir as codegen_cache
+from ..codegen.build import compiler as codegen_compiler
 from ..compiler.parse import load_spec, parse_spec
 from ..compiler.spec import OPTIMIZERS, SCHEDULES, Spec
 from ..errors import SpecError
@@ -120,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="on a GPU, replay each step as one CUDA graph (default); "
                         "--no-cuda-graphs launches every kernel from Python")
+    d.add_argument("--codegen", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a CPU with a C compiler, run the kernels n2ngraph generates where "
+                        "they are faster, e.g. Winograd 3x3 convs (default); --no-codegen "
+                        "keeps to tensor-op kernels")
     d.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 "
                    "is often fastest at small batches or on a busy machine)")
     d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one "
@@ -216,7 +223,7 @@ def _model(spec: Spec, config, dtype, args):
     shape = (r.batch, spec.inputs[0].channels, r.crop, r.crop)
     return compile(spec, shape, device=config.device, dtype=dtype, seed=r.seed,
                    optimizer=r.optimizer, clip_grad_norm=r.clip_grad_norm or 0.0,
-                   cuda_graphs=args.cuda_graphs)
+                   cuda_graphs=args.cuda_graphs, codegen=args.codegen)
 
 
 def _default_run(spec: Spec, kind: str = "") -> Path:
@@ -256,7 +263,7 @@ def _load_weights(spec: Spec, args, dtype):
     """--weights, or else the weights shipped with n2ngraph for a spec of that name."""
     path = _weights_file(args.weights) if args.weights else _shipped_weights(spec, "--weights")
     model = compile(spec, None, device=_device(args.device), dtype=dtype,
-                    cuda_graphs=args.cuda_graphs)
+                    cuda_graphs=args.cuda_graphs, codegen=args.codegen)
     _read_params_into(model, spec, path)
     return model
 
@@ -598,16 +605,19 @@ def do_summary(args) -> int:
     shape = (batch, spec.inputs[0].channels, crop, crop)
     dtype = _dtype(args)
     prog = compile(spec, shape, device=_device(args.device), dtype=dtype,
-                   cuda_graphs=args.cuda_graphs)
+                   cuda_graphs=args.cuda_graphs, codegen=args.codegen)
     compiled = prog.compiled("train" if spec.loss else "infer", prog.input_shapes(shape))
     graph = compiled.graph
     n_params = sum(p.numel() for p in prog.params.values())
     print(f"{spec.name}: {len(spec.nodes)} nodes, {len(prog.params)} parameter tensors "
           f"({n_params:,} values), compiled for {tuple(shape)} {str(dtype).split('.')[-1]} "
           f"on {prog.device}")
+    print(f"kernels: {_codegen_status(prog)}")
     for node in spec.nodes:
         if node.name in graph:
-            print(f"  {node.name:<12} {node.op.describe():<70} -> {graph[node.name].shape}")
+            how = graph[node.name].impl.describe()
+            print(f"  {node.name:<12} {node.op.describe():<70} -> {graph[node.name].shape}"
+                  + (f"  [{how}]" if how else ""))
     kinds = [graph[v].kind for v in compiled.schedule.order]
     print(f"schedule: {kinds.count('op')} forward kernels, {len(kinds) - kinds.count('op')} backward "
           f"({len(graph.pruned)} gradients pruned)")
@@ -628,6 +638,18 @@ def do_summary(args) -> int:
     if args.profile:
         print_profile(compiled, prog, noisy, args.steps)
     return 0
+
+
+def _codegen_status(prog) -> str:
+    """Whether the plan may run generated kernels, and why not where it may not."""
+    if not prog.codegen:
+        return "tensor ops only (--no-codegen)"
+    if prog.device.type != "cpu":
+        return f"tensor ops only (generated kernels run on a CPU, this is {prog.device})"
+    found = codegen_compiler()
+    if found is None:
+        return "tensor ops only (no C compiler found: set CC to use one)"
+    return f"generated where faster, built by {found.version} (cache {codegen_cache()})"
 
 
 def print_profile(compiled, prog, inputs, repeats: int) -> None:
@@ -676,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return DIVERGED
+    except CodegenError as e:  # raised while plans are built, before any step
+        print(f"error: {e}; --no-codegen runs the tensor-op kernels instead", file=sys.stderr)
+        return 2
     except OSError as e:  # a file the system refused where no check above names it better
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)

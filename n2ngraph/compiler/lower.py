@@ -17,8 +17,9 @@ from ..kernels import kernel_for
 from .graph import Graph
 
 
-def lower(graph: Graph, device: torch.device | str = "cpu") -> Graph:
-    """``graph`` with ``Node.impl`` set on every computed node, for ``device``."""
-    nodes = {value: attrs.evolve(node, impl=kernel_for(node.op, node.kernel, device))
+def lower(graph: Graph, device: torch.device | str = "cpu", codegen: bool = True) -> Graph:
+    """``graph`` with ``Node.impl`` set on every computed node, for ``device``; with
+    ``codegen``, generated kernels where the table prefers them and they can run."""
+    nodes = {value: attrs.evolve(node, impl=kernel_for(node.op, node.kernel, device, codegen))
              if node.op is not None else node for value, node in graph.nodes.items()}
     return graph.replace(nodes=nodes)

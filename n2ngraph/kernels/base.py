@@ -48,6 +48,10 @@ class Kernel:
         """Prepares and runs once: for tests and one-off calls."""
         self.prepare(result, ws, **tensors)()
 
+    def describe(self) -> str:
+        """How the node is computed, for ``--summary``: the kernel's class."""
+        return type(self).__name__
+
 
 @attrs.frozen
 class OpKernel(Kernel):
@@ -62,3 +66,6 @@ class OpKernel(Kernel):
 
     def prepare(self, result, ws, /, **tensors):
         return self.op.prepare(self.method, result, ws, **tensors)
+
+    def describe(self) -> str:
+        return ""  # the op's own method: nothing to add to the op's description

@@ -4,6 +4,11 @@
 listed in ``CHOOSERS`` runs its own methods (``OpKernel``). To add a way of computing a
 conv: write its kernels in a module of this package, add a row to ``CONV2D_SIDES``, and
 a rule to ``AUTO_SIDE`` if ``unfold: auto`` should ever pick it.
+
+With ``codegen`` (the default, on a CPU with a C compiler), a conv that Winograd
+F(4x4, 3x3) computes and that is wide enough (``WINOGRAD_MIN_CHANNELS``) runs by
+Winograd, its transforms generated C (``winograd.py``); ``--no-codegen`` gives exactly
+the GEMM kernels below.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from ..ops import Op
 from ..ops.conv2d import Conv2d
 from ..ops.conv_transpose import ConvTranspose2d
 from ..ops.upsample_conv import UpsampleConv2d
-from . import conv, conv_transpose, upsample_conv
+from ..codegen import compiler
+from . import conv, conv_transpose, upsample_conv, winograd
 from .base import Kernel, OpKernel
 
 #  unfold      forward                grad_weight                grad_x, where gy has no mirror conv
@@ -38,6 +44,12 @@ AUTO_SIDE = (  # unfold: auto takes the first side whose rule holds
     ("output", lambda c: 2 * c.out_channels <= c.in_channels),  # the conv narrows
     ("input", lambda c: True),
 )
+
+WINOGRAD_MIN_CHANNELS = 16
+"""``unfold: auto`` runs a 3x3 stride-1 conv by Winograd where both channel counts reach
+this. With 32 or more, each of its kernels took 0.5-0.8x the time of the best GEMM
+kernel; with 3 on one side, 1.1-1.6x: the 36 products are then too thin to pay for the
+transforms (docs/performance.md, "Winograd")."""
 
 GPU_TILE = 2**30
 """A conv's tile on a GPU: more pixels than any batch holds, so one tile. The CPU tiles
@@ -62,9 +74,29 @@ def _tile(hint: int, on_gpu: bool) -> int:
     return GPU_TILE if on_gpu else hint
 
 
-def conv2d_kernel(c: Conv2d, method: str, on_gpu: bool = False) -> Kernel:
-    """The kernel for ``method`` of conv ``c``: its side's row of ``CONV2D_SIDES``."""
+def by_winograd(c: Conv2d) -> bool:
+    """Whether ``unfold: auto`` runs conv ``c`` by Winograd, where generated code runs."""
+    return (c.unfold == "auto" and winograd.applies(c)
+            and min(c.in_channels, c.out_channels) >= WINOGRAD_MIN_CHANNELS)
+
+
+def conv2d_kernel(c: Conv2d, method: str, on_gpu: bool = False, codegen: bool = False) -> Kernel:
+    """The kernel for ``method`` of conv ``c``: Winograd's where ``codegen`` allows and
+    ``by_winograd`` holds, else its side's row of ``CONV2D_SIDES``."""
+    if codegen and not on_gpu and by_winograd(c):
+        return _winograd(c, method)
     return _conv2d(c, method, _tile(c.tile, on_gpu))
+
+
+def _winograd(c: Conv2d, method: str) -> Kernel:
+    winograd.build()  # here, while the plan is made: a compile error comes before any step
+    if method == "forward":
+        return winograd.WinogradForward(c)
+    if method == "grad_weight":
+        return winograd.WinogradGradWeight(c)
+    if method == "grad_x":  # applies() keeps the padding within the mirror's reach
+        return conv.MirrorGradX(c, winograd.WinogradForward(conv.mirror_of(c, "auto")))
+    return _bias_grad(c, method)
 
 
 def _conv2d(c: Conv2d, method: str, tile: int) -> Kernel:
@@ -89,7 +121,8 @@ def _bias_grad(op: Op, method: str) -> Kernel:
     return conv.BiasGrad()
 
 
-def conv_transpose_kernel(op: ConvTranspose2d, method: str, on_gpu: bool = False) -> Kernel:
+def conv_transpose_kernel(op: ConvTranspose2d, method: str, on_gpu: bool = False,
+                          codegen: bool = False) -> Kernel:
     mirror = conv_transpose.mirror_of(op)
     on_the_frame = {"forward": (conv_transpose.TransposeForward, "grad_x"),
                     "grad_x": (conv_transpose.TransposeGradX, "forward"),
@@ -100,7 +133,8 @@ def conv_transpose_kernel(op: ConvTranspose2d, method: str, on_gpu: bool = False
     return kernel_class(op, _conv2d(mirror, of_mirror, _tile(0, on_gpu)))
 
 
-def upsample_conv_kernel(op: UpsampleConv2d, method: str, on_gpu: bool = False) -> Kernel:
+def upsample_conv_kernel(op: UpsampleConv2d, method: str, on_gpu: bool = False,
+                         codegen: bool = False) -> Kernel:
     phase = upsample_conv.phase_conv(op.conv)
     if method == "grad_bias":
         return conv.BiasGrad()
@@ -118,9 +152,17 @@ CHOOSERS = {Conv2d: conv2d_kernel, ConvTranspose2d: conv_transpose_kernel,
             UpsampleConv2d: upsample_conv_kernel}
 
 
-def kernel_for(op: Op, method: str, device: torch.device | str = "cpu") -> Kernel:
-    """The kernel computing ``method`` ('forward', 'grad_x', ...) of ``op`` on ``device``."""
+def kernel_for(op: Op, method: str, device: torch.device | str = "cpu",
+               codegen: bool = True) -> Kernel:
+    """The kernel computing ``method`` ('forward', 'grad_x', ...) of ``op`` on ``device``;
+    generated kernels only with ``codegen`` and where ``codegen_runs`` on the device."""
     choose = CHOOSERS.get(type(op))
     if choose is None:
         return OpKernel(op, method)
-    return choose(op, method, torch.device(device).type != "cpu")
+    device = torch.device(device)
+    return choose(op, method, device.type != "cpu", codegen and codegen_runs(device))
+
+
+def codegen_runs(device: torch.device | str) -> bool:
+    """Whether generated kernels run on ``device``: a CPU, with a C compiler found."""
+    return torch.device(device).type == "cpu" and compiler() is not None

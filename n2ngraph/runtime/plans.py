@@ -80,8 +80,8 @@ class Planner:
     parameter gradients where it is told (a Program's, or a batch part's own)."""
 
     def __init__(self, spec: Spec, params: Mapping[str, torch.Tensor], *, rewrite: bool,
-                 device: torch.device, dtype: torch.dtype):
-        self.spec, self.params, self.rewrite = spec, params, rewrite
+                 device: torch.device, dtype: torch.dtype, codegen: bool = True):
+        self.spec, self.params, self.rewrite, self.codegen = spec, params, rewrite, codegen
         self.device, self.dtype = device, dtype
 
     def compile(self, kind: str, shapes: Mapping[str, Shape],
@@ -112,7 +112,7 @@ class Planner:
         where = f"the {kind} plan for {shape_text} on {self.device}"
         check_values_fit(graph, available, itemsize=itemsize, external=external,
                          file=spec.file, where=where)
-        graph = lower(graph, self.device)
+        graph = lower(graph, self.device, self.codegen)
         sched = schedule(graph)
         plan = plan_memory(graph, sched, external=external, pinned=pinned, itemsize=itemsize)
         check_plan_fits(graph, plan, available, file=spec.file, where=where)

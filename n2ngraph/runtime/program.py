@@ -34,7 +34,7 @@ def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu
             dtype: torch.dtype = torch.float32, seed: int | None = None,
             init: str | None = None, optimizer: OptimizerSpec | None = None,
             clip_grad_norm: float | None = None, rewrite: bool = True,
-            cuda_graphs: bool = True) -> "Program":
+            cuda_graphs: bool = True, codegen: bool = True) -> "Program":
     """Compiles ``spec`` for inputs of ``input_shape`` (N, C, H, W).
 
     ``input_shape`` is the shape of the first input; other inputs (the target) share its
@@ -43,9 +43,12 @@ def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu
     ``rewrite=False`` compiles the graph exactly as the spec writes it (see rewrite.py).
     On a GPU, ``cuda_graphs`` replays each training step and each inference as one CUDA
     graph (executor.Replay); ``False`` launches every kernel from Python instead.
+    ``codegen=False`` keeps to tensor-op kernels, never the generated ones
+    (``kernels/table.py``); so does a machine without a C compiler.
     """
     program = Program(spec, device=device, dtype=dtype, seed=seed, init=init, optimizer=optimizer,
-                      clip_grad_norm=clip_grad_norm, rewrite=rewrite, cuda_graphs=cuda_graphs)
+                      clip_grad_norm=clip_grad_norm, rewrite=rewrite, cuda_graphs=cuda_graphs,
+                      codegen=codegen)
     if input_shape is None:
         first = spec.inputs[0]
         input_shape = (spec.train.batch, first.channels, spec.train.crop, spec.train.crop)
@@ -62,7 +65,7 @@ class Program:
                  optimizer: OptimizerSpec | None = None,
                  params: Mapping[str, torch.Tensor] | None = None,
                  clip_grad_norm: float | None = None, rewrite: bool = True,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, codegen: bool = True):
         """``params``, when given, are adopted as the parameters, not copied: the
         program reads (and its optimizer updates) those very tensors, so an in-place
         edit by their owner is seen by the next run (the ``compat`` modules rely on it)."""
@@ -85,7 +88,9 @@ class Program:
         self.optimizer = make_optimizer(self.params, self.grads, optimizer or recipe.optimizer)
         max_norm = recipe.clip_grad_norm if clip_grad_norm is None else clip_grad_norm
         self.clip = ClipGradNorm(self.grads, max_norm) if max_norm else None
-        self._planner = Planner(spec, self.params, rewrite=rewrite, device=self.device, dtype=dtype)
+        self.codegen = codegen
+        self._planner = Planner(spec, self.params, rewrite=rewrite, device=self.device, dtype=dtype,
+                                codegen=codegen)
         self._cache: dict[tuple, Compiled] = {}
         self._part_grads = PartGradients(self.grads)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
