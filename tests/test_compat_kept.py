@@ -7,6 +7,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
+from torch import nn
 
 import n2ngraph as ng
 from helpers import SPECS
@@ -298,3 +299,32 @@ def test_every_plan_runs_its_forward_ops_first(spec_path):
     late = attrs.evolve(vjp_plan.schedule, order=order[1:] + order[:1])  # a forward op last
     with pytest.raises(RuntimeError, match="after a backward one"):
         forward_steps(vjp_plan.graph, late)
+
+
+def test_an_in_place_write_through_data_is_not_seen_as_autograd_does_not_see_it(paths):
+    """torch counts no version for a write through ``.data``: autograd's backward then
+    mixes the activations it saved with the written weights, and so does the kept path
+    (the recompute path would not: the one case where the two differ, as documented)."""
+    torch.manual_seed(3)
+    theirs = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Sigmoid(),
+                           nn.Conv2d(3, 2, 3, padding=1)).double()
+    ours = Sequential(Conv2d(2, 3, 3, padding=1), Sigmoid(), Conv2d(3, 2, 3, padding=1))
+    twins = ((ours[0], theirs[0]), (ours[2], theirs[2]))
+    for module, twin in twins:
+        module.weight, module.bias = twin.weight.detach().clone(), twin.bias.detach().clone()
+    x, g = torch.rand(2, 1, 2, 5, 5, dtype=torch.float64)
+    ours.forward(x)
+    ours.backward(g)  # the backward plan at this shape now exists
+    ours.forward(x)
+    x_ = x.clone().requires_grad_(True)
+    y = theirs(x_)
+    for module, twin in twins:
+        module.weight.data.mul_(2)
+        twin.weight.data.mul_(2)
+    paths.clear()
+    got = _backward(ours, g)
+    assert paths == ["reverse"]
+    y.backward(g)
+    expected = [x_.grad] + [p.grad for p in theirs.parameters()]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -13,8 +13,9 @@ The reverse half may run alone only if a recompute would give those very values
 thread count (a GEMM's blocking, so its rounding, may depend on it) all as they were.
 A change is seen as torch's autograd sees one to a tensor it saved: by identity, data
 pointer and version counter (``Tensor._version``, which every in-place op bumps,
-through whichever view or ``detach()`` it went). A write that torch does not count
-either, through ``.data`` or through memory shared with numpy, is not seen.
+through whichever view or ``detach()`` it went; assigning ``.data`` moves the pointer).
+An in-place write that torch does not count either, through ``.data`` or through
+memory shared with numpy, is not seen.
 """
 
 from __future__ import annotations
