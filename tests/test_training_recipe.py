@@ -78,6 +78,9 @@ OPTIMIZERS = {
                              amsgrad=True),
     "sgd": OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01),
     "nesterov": OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    # SGD without weight decay or Nesterov: where apart, one foreach op per step of the rule
+    "sgd-lists": OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, dampening=0.2),
+    "sgd-plain-lists": OptimizerSpec(name="sgd", lr=0.1),
 }
 
 
@@ -96,9 +99,10 @@ def test_optimizers_are_bit_identical_to_torch_on_cpu(dtype, config, packed):
     grads = flat.packed_like(params)
     assert (flat.flat_view(list(grads.values())) is not None) == packed
     ref = [v.clone() for v in params.values()]
-    config = OPTIMIZERS[config]
+    config_name, config = config, OPTIMIZERS[config]
     ours, theirs = make_optimizer(params, grads, config), torch_optimizer(ref, config)
     assert len(ours.units) == (1 if packed else len(shapes))
+    assert (getattr(ours, "_lists", None) is not None) == (not packed and "lists" in config_name)
     for _ in range(15):
         for (k, g), r in zip(grads.items(), ref):
             g.copy_(torch.randn(g.shape, generator=gen, dtype=dtype))

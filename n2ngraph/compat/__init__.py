@@ -13,11 +13,19 @@ Code written against the course framework runs unchanged::
 Nothing is computed here. A module describes itself as spec nodes (``_emit``); using it
 compiles those nodes into a ``Program`` that adopts the module's own ``weight`` and
 ``bias`` tensors, so whatever the user or ``SGD`` writes into them is what the program
-reads (a tensor assigned in their place is noticed, and the program rebuilt). ``forward``
-runs the inference plan. ``backward`` runs the 'vjp' plan, which recomputes the forward
-(a module cannot know at forward time that a backward will follow) and then reverse
-mode seeded with the given output gradient; the parameter gradients are *added* to the
-module's ``grad_weight``/``grad_bias``, which accumulate until ``zero_grad`` as in torch.
+reads (a tensor assigned in their place is noticed, and the program rebuilt).
+``backward`` runs the 'vjp' plan: the forward, then reverse mode seeded with the given
+output gradient; the parameter gradients are *added* to the module's
+``grad_weight``/``grad_bias``, which accumulate until ``zero_grad`` as in torch. A module
+cannot know at forward time that a backward will follow, so ``forward`` runs the lean
+inference plan at an input shape never backpropagated; once a backward has run at that
+shape (a training loop, from its second step), ``forward`` runs the vjp plan's forward
+half instead, which keeps in that plan's buffers what the reverse half reads, and the
+backward then runs the reverse half alone. It recomputes the forward first whenever the
+kept values may not be those of its input and parameters (one written or replaced in
+between, a last forward at a shape never backpropagated, a second backward, another
+thread count; as with autograd, an in-place write through ``.data`` is not seen:
+``runtime/vjp.py``), so both ways give the same bits. ``MSE`` keeps its forward always.
 A ``Sequential`` compiles as one network, not module by module; with a user's own module
 inside (anything with ``forward`` and ``backward``), each run of compat modules between
 user modules is compiled and the user's module called in between. Tensors that require

@@ -59,11 +59,48 @@ class _Nodes:
 
 @attrs.define
 class _Build:
+    """A module's spec and the program compiled from it, with what that program was
+    built on: the owners' tensors (and where their data was), the input dtype last
+    checked against them. A call finding all of it unchanged skips the checks."""
+
     channels: int
     spec: Spec
     owners: dict[str, tuple[Module, str]]
     program: Program | None = None
-    sources: dict[str, torch.Tensor] = attrs.Factory(dict)  # the owners' tensors it was built on
+    held: list[tuple[Module, str, torch.Tensor, int]] = attrs.Factory(list)
+    input_dtype: torch.dtype | None = None
+    grads: list[tuple[Module, str, torch.Tensor]] = attrs.Factory(list)
+    """(owner, 'grad_weight', the program's gradient): what a backward adds where."""
+
+    def current(self, x: torch.Tensor) -> bool:
+        """Whether the program reads the owners' tensors as they are now and ``x``'s
+        dtype was checked against them: no tensor assigned, no ``.data`` replaced."""
+        if self.program is None or x.dtype is not self.input_dtype:
+            return False
+        for owner, role, tensor, pointer in self.held:
+            if getattr(owner, role) is not tensor or tensor.data_ptr() != pointer:
+                return False
+        return True
+
+    def adopt(self, x: torch.Tensor) -> None:
+        """Checks the owners' tensors and ``x``'s dtype, and compiles a program over
+        those tensors unless the current one reads them already."""
+        sources = {key: getattr(owner, role) for key, (owner, role) in self.owners.items()}
+        dtype = _dtype(sources.values(), x)
+        if sources and x.dtype != dtype:
+            raise RuntimeError(f"the input is {x.dtype} but the parameters are {dtype}: convert "
+                               f"one to the other (torch refuses the mix too)")
+        held = [(owner, role, sources[key], sources[key].data_ptr())
+                for key, (owner, role) in self.owners.items()]
+        same = len(held) == len(self.held) and all(
+            t is t0 and ptr == ptr0 for (_, _, t, ptr), (_, _, t0, ptr0) in zip(held, self.held))
+        if self.program is None or self.program.dtype != dtype or not same:
+            params = {k: t.detach() for k, t in sources.items()}  # an nn.Parameter's data
+            self.program = Program(self.spec, dtype=dtype, params=params)
+            self.grads = [(owner, f"grad_{role}", self.program.grads[key])
+                          for key, (owner, role) in self.owners.items()]
+            self.held = held
+        self.input_dtype = x.dtype
 
 
 def _one(tensors: Sequence, what: str) -> torch.Tensor:
@@ -106,19 +143,9 @@ class _Compiled(Module):
             spec = Spec(name=type(self).__name__, inputs=(InputSpec("x", int(x.shape[1])),),
                         nodes=tuple(nodes.nodes), output=output, loss=None, train=TrainSpec())
             build = self._build = _Build(int(x.shape[1]), spec, nodes.owners)
-        sources = {key: getattr(owner, role) for key, (owner, role) in build.owners.items()}
-        dtype = _dtype(sources.values(), x)
-        if sources and x.dtype != dtype:
-            raise RuntimeError(f"the input is {x.dtype} but the parameters are {dtype}: convert "
-                               f"one to the other (torch refuses the mix too)")
-        program = build.program
-        if (program is None or program.dtype != dtype
-                or any(build.sources.get(k) is not t or program.params[k].data_ptr() != t.data_ptr()
-                       for k, t in sources.items())):  # another tensor, or its .data replaced
-            params = {k: t.detach() for k, t in sources.items()}  # an nn.Parameter's data
-            program = build.program = Program(build.spec, dtype=dtype, params=params)
-            build.sources = sources
-        return program, build
+        if not build.current(x):
+            build.adopt(x)
+        return build.program, build
 
     def forward(self, *inputs):
         return self._forward(_one(inputs, "forward"))
@@ -139,7 +166,9 @@ class _Compiled(Module):
         batch = self._as_batch(x)
         program, _ = self._program(batch)
         self._input, self._origin, self._given = batch, None, x.dim()
-        y = program.forward(batch)
+        inputs = [batch]
+        # where a backward ran at this shape, one will likely follow: keep what it reads
+        y = program.vjp_forward(inputs) if program.has_vjp_plan(inputs) else program.forward(batch)
         return y if batch is x else self._unbatch(y, x)
 
     def _unbatch(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +180,9 @@ class _Compiled(Module):
         program, build = self._program(x)
         batched = self._given != 4
         grad_input = program.vjp([x], self._as_batch(grad) if batched else grad)
-        for key, (owner, role) in build.owners.items():
-            getattr(owner, f"grad_{role}").add_(program.grads[key])
+        if build.grads:  # accumulated as torch does, until zero_grad
+            torch._foreach_add_([getattr(owner, name) for owner, name, _ in build.grads],
+                                [computed for _, _, computed in build.grads])
         return self._unbatch(grad_input, grad) if batched else grad_input
 
     def _remembered_input(self) -> torch.Tensor:
@@ -211,11 +241,8 @@ class _Pair(tuple):
 
     def __new__(cls, owner: Module, role: str):
         pair = super().__new__(cls, (getattr(owner, role), getattr(owner, f"grad_{role}")))
-        pair.owner, pair.role = owner, role
+        pair.owner, pair.role, pair.grad_role = owner, role, f"grad_{role}"
         return pair
-
-    def current(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self.owner, self.role), getattr(self.owner, f"grad_{self.role}")
 
 
 # ---- the modules ------------------------------------------------------------------------
@@ -336,7 +363,10 @@ def _compilable(module) -> bool:
     """A compat module (whose forward and backward a subclass has not replaced), or a
     Sequential of them all the way down: one plan can run it."""
     if isinstance(module, Sequential):
-        return all(_compilable(m) for m in module.modules)
+        for m in module.modules:
+            if not _compilable(m):
+                return False
+        return True
     kind = type(module)
     return (isinstance(module, _Compiled) and kind.forward is _Compiled.forward
             and kind.backward is _Compiled.backward)
@@ -401,8 +431,8 @@ class Sequential(_Compiled):
                 x = part.forward(x)
             return x
         y = super()._forward(x)
-        for m in self.modules:
-            m._input, m._origin = None, self
+        for m in self.modules:  # straight into each child's dict: no __setattr__ hook
+            vars(m).update(_input=None, _origin=self)
         return y
 
     def _backward(self, grad):
@@ -439,8 +469,12 @@ class MSE(Module):
         self.reduction = reduction
         self._programs: dict[torch.dtype, Program] = {}
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._seeds: dict[tuple[torch.dtype, float], torch.Tensor] = {}
 
     def _program(self, prediction: torch.Tensor) -> Program:
+        program = self._programs.get(prediction.dtype)
+        if program is not None:
+            return program
         dtype = _dtype((), prediction)
         if dtype not in self._programs:
             spec = Spec(name="MSE", inputs=(InputSpec("prediction", 1), InputSpec("target", 1)),
@@ -452,6 +486,14 @@ class MSE(Module):
     def _scale(self) -> float:
         """The sum is the mean times the number of elements."""
         return float(self._inputs[0].numel()) if self.reduction == "sum" else 1.0
+
+    def _unit_seed(self, dtype: torch.dtype) -> torch.Tensor:
+        """d loss / d loss (times the sum's scale), made once per dtype and scale: the
+        program only reads it."""
+        key = (dtype, self._scale())
+        if key not in self._seeds:
+            self._seeds[key] = torch.tensor(key[1], dtype=dtype)
+        return self._seeds[key]
 
     def forward(self, *inputs):
         if len(inputs) != 2 or not all(isinstance(t, torch.Tensor) for t in inputs):
@@ -465,9 +507,8 @@ class MSE(Module):
         # elementwise, then reduced: any shape is one row of its elements
         self._inputs = (prediction.reshape(1, 1, 1, -1), target.reshape(1, 1, 1, -1))
         self._shape = prediction.shape
-        program = self._program(prediction)
-        loss = program.loss(*self._inputs) * self._scale()
-        return torch.tensor(loss, dtype=program.dtype)
+        loss = self._program(prediction).vjp_forward(self._inputs)  # kept for backward
+        return loss.mul_(self._scale()) if self.reduction == "sum" else loss
 
     def backward(self, *grad_outputs):
         if self._inputs is None:
@@ -475,14 +516,17 @@ class MSE(Module):
         if len(grad_outputs) > 1:
             raise TypeError(f"MSE.backward takes at most one output gradient, got {len(grad_outputs)}")
         program = self._program(self._inputs[0])
-        seed = grad_outputs[0] if grad_outputs else 1.0
-        seed = torch.as_tensor(seed.detach() if isinstance(seed, torch.Tensor) else seed,
-                               dtype=program.dtype)
-        if seed.numel() != 1:
-            raise ValueError(f"the loss is a scalar: its gradient must be a 0-d or (1,) tensor, "
-                             f"got shape {tuple(seed.shape)}")
-        seed = seed.reshape(()) * self._scale()
-        return program.vjp(list(self._inputs), seed).reshape(self._shape)
+        if not grad_outputs:
+            seed = self._unit_seed(program.dtype)
+        else:
+            seed = grad_outputs[0]
+            seed = torch.as_tensor(seed.detach() if isinstance(seed, torch.Tensor) else seed,
+                                   dtype=program.dtype)
+            if seed.numel() != 1:
+                raise ValueError(f"the loss is a scalar: its gradient must be a 0-d or (1,) "
+                                 f"tensor, got shape {tuple(seed.shape)}")
+            seed = seed.reshape(()) * self._scale()
+        return program.vjp(self._inputs, seed).reshape(self._shape)
 
 
 class MSELoss(MSE):
@@ -516,7 +560,9 @@ class SGD:
         self._rebuild(self._current())
 
     def _current(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [p.current() if isinstance(p, _Pair) else tuple(p) for p in self.pairs]
+        """Each pair's tensors as they are now: a compat module's read from it again."""
+        return [(getattr(pair.owner, pair.role), getattr(pair.owner, pair.grad_role))
+                if isinstance(pair, _Pair) else tuple(pair) for pair in self.pairs]
 
     def _rebuild(self, current) -> None:
         self._held = [(p, g, p.data_ptr(), g.data_ptr()) for p, g in current]
@@ -526,12 +572,13 @@ class SGD:
 
     def step(self) -> None:
         current = self._current()
-        if any(p is not p0 or g is not g0 or p.data_ptr() != ptr or g.data_ptr() != gptr
-               for (p, g), (p0, g0, ptr, gptr) in zip(current, self._held)):
-            # another tensor in a module, or a tensor's .data replaced
-            self._rebuild(current)
+        for (p, g), (p0, g0, ptr, gptr) in zip(current, self._held):
+            if p is not p0 or g is not g0 or p.data_ptr() != ptr or g.data_ptr() != gptr:
+                self._rebuild(current)  # another tensor in a module, or its .data replaced
+                break
         self._update.step()
 
     def zero_grad(self) -> None:
-        for _, grad in self._current():
-            grad.detach().zero_()
+        grads = [grad.detach() for _, grad in self._current()]
+        if grads:
+            torch._foreach_zero_(grads)

@@ -40,9 +40,15 @@ class Executable:
         self.inputs = tuple(graph.of_kind("input"))
         self.names = sched.order
         self.steps: tuple[Callable[[], None], ...] = tuple(self._bind(v) for v in sched.order)
-        serial = [torch.device(device).type == "cpu" and self._written(v) < SERIAL_BELOW
-                  for v in sched.order]
-        self.segments = tuple((flag, self.steps[i:j]) for flag, i, j in _runs(serial))
+        self._serial = [torch.device(device).type == "cpu" and self._written(v) < SERIAL_BELOW
+                        for v in sched.order]
+        self.segments = self._segments(0, len(self.steps))
+        self._ranges: dict[tuple[int, int], tuple] = {(0, len(self.steps)): self.segments}
+
+    def _segments(self, start: int, stop: int) -> tuple:
+        """(serial, steps) of each run of kernels ``start`` to ``stop`` alike in threads."""
+        return tuple((flag, self.steps[start + i:start + j])
+                     for flag, i, j in _runs(self._serial[start:stop]))
 
     def _written(self, value: str) -> int:
         """Values a kernel writes: its result and its workspaces."""
@@ -59,6 +65,17 @@ class Executable:
         self.load(inputs)
         self.run_kernels()
 
+    def run_steps(self, inputs: Mapping[str, torch.Tensor], start: int, stop: int) -> None:
+        """Copies ``inputs`` (some of the plan's) into their buffers, then runs kernels
+        ``start`` to ``stop`` only: one run of the plan made in two calls (a module's
+        forward now, its backward later), which gives what one ``run`` gives as long as
+        nothing else runs this plan in between (``runtime/vjp.py`` sees to it)."""
+        for name, tensor in inputs.items():
+            self.values[name].copy_(tensor)
+        if (start, stop) not in self._ranges:
+            self._ranges[start, stop] = self._segments(start, stop)
+        self._run_segments(self._ranges[start, stop])
+
     def load(self, inputs: Mapping[str, torch.Tensor]) -> None:
         """Copies the inputs into their planned buffers."""
         for name in self.inputs:
@@ -66,13 +83,18 @@ class Executable:
 
     def run_kernels(self) -> None:
         """Every kernel once, on the inputs already loaded (what a CUDA graph captures)."""
+        self._run_segments(self.segments)
+
+    def _run_segments(self, segments: tuple) -> None:
+        """Each segment's kernels, on one thread where it is marked serial."""
         threads = torch.get_num_threads()
-        if threads == 1 or len(self.segments) == 1 and not self.segments[0][0]:
-            for step in self.steps:
-                step()
+        if threads == 1 or len(segments) == 1 and not segments[0][0]:
+            for _, steps in segments:
+                for step in steps:
+                    step()
             return
         try:
-            for serial, steps in self.segments:
+            for serial, steps in segments:
                 torch.set_num_threads(1 if serial else threads)
                 for step in steps:
                     step()

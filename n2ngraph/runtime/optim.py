@@ -154,12 +154,19 @@ class SGD(_Optimizer):
         needs_scratch = config.weight_decay or config.nesterov
         self.scratch = packed_like(params) if needs_scratch else {}
         self.units = zipped(self.params, self.grads, self.momentum, self.scratch)
+        alike = {(p.device.type, p.dtype) for p in params.values()}  # one momentum scalar
+        listed = len(self.units) > 1 and not needs_scratch and len(alike) == 1 and \
+            next(iter(alike))[0] == "cpu"
+        self._lists = tuple(list(t) for t in zip(*self.units))[:3] if listed else None
 
     def scalars(self) -> tuple[float]:
         return (-self.lr,)
 
     def update(self, neg_lr) -> None:
         c = self.config
+        if self._lists is not None and not isinstance(neg_lr, torch.Tensor):
+            self._update_lists(neg_lr)
+            return
         for param, g, buf, scratch in self.units:
             if c.weight_decay:
                 g = torch.add(g, param, alpha=c.weight_decay, out=scratch)
@@ -176,6 +183,23 @@ class SGD(_Optimizer):
                 param.addcmul_(g, neg_lr)
             else:
                 param.add_(g, alpha=neg_lr)
+
+    def _update_lists(self, neg_lr: float) -> None:
+        """``update`` for parameters not packed (the compat modules' own tensors), each
+        op once over the lists of tensors instead of once per tensor. On the CPU a
+        foreach op runs the very per-tensor kernels, so the bits are the loop's; without
+        weight decay or Nesterov momentum (those take the loop)."""
+        c = self.config
+        params, grads, bufs = self._lists
+        g = grads
+        if c.momentum:
+            if self.steps == 0:
+                torch._foreach_copy_(bufs, grads)
+            else:
+                torch._foreach_mul_(bufs, scalar(c.momentum, bufs[0]))
+                torch._foreach_add_(bufs, grads, alpha=1 - c.dampening)
+            g = bufs
+        torch._foreach_add_(params, g, alpha=neg_lr)
 
 
 class Adam(_Optimizer):

@@ -39,6 +39,9 @@ class Compiled:
     schedule: Schedule
     plan: MemoryPlan
     executable: Executable
+    forward_steps: int
+    """How many kernels at the head of the schedule compute the forward: a 'vjp' plan
+    runs them for a module's forward and the rest for its backward (``vjp.py``)."""
 
     def value_shape(self, value: str) -> Shape:
         return tuple(self.graph[value].shape)
@@ -64,6 +67,19 @@ class Compiled:
         """The value a 'vjp' plan leaves d objective / d input ``name`` in; None when that
         input does not reach the output."""
         return self.graph.input_grads.get(name)
+
+
+def forward_steps(graph: Graph, sched: Schedule) -> int:
+    """How many kernels at the head of ``sched`` compute forward ops. The scheduler runs
+    every forward op before any backward one (``schedule.py``'s tie-break), so these are
+    all of them, and a plan can stop after them and go on later; checked here, since
+    ``vjp.py`` relies on it."""
+    forward = [graph[value].kind == "op" for value in sched.order]
+    count = forward.index(False) if False in forward else len(forward)
+    if any(forward[count:]):
+        raise RuntimeError(f"the schedule runs forward op '{sched.order[forward.index(True, count)]}' "
+                           f"after a backward one: the plan cannot run in two halves")
+    return count
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -117,7 +133,7 @@ class Planner:
         plan = plan_memory(graph, sched, external=external, pinned=pinned, itemsize=itemsize)
         check_plan_fits(graph, plan, available, file=spec.file, where=where)
         executable = Executable(graph, sched, plan, external, device=self.device, dtype=self.dtype)
-        return Compiled(kind, graph, sched, plan, executable)
+        return Compiled(kind, graph, sched, plan, executable, forward_steps(graph, sched))
 
     def _forward_graph(self, shapes: Mapping[str, Shape], output: str) -> Graph:
         graph = forward_graph(self.spec, shapes, [output])

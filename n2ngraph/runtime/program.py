@@ -15,7 +15,6 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..compiler.autodiff import grad_name
 from ..compiler.fit import check_params_fit_memory
 from ..compiler.shapes import needed_nodes
 from ..compiler.spec import OptimizerSpec, Spec
@@ -26,6 +25,7 @@ from .optim import ClipGradNorm, make_optimizer
 from .parts import PartGradients, batch_parts, run_in_parts
 from .plans import Compiled, Planner, Shape, available_bytes
 from .state import adopted, load_state
+from .vjp import KeptForward, VjpPlan
 
 __all__ = ["compile", "Program", "Compiled"]
 
@@ -95,6 +95,10 @@ class Program:
         self._part_grads = PartGradients(self.grads)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs = CudaGraphs(self.optimizer, self.clip)
+        needed = needed_nodes(spec, [spec.output])
+        self._vjp_inputs = tuple(n for n in spec.input_names if n in needed)  # what vjp reads
+        self._vjp_plans: dict[torch.Size, VjpPlan] = {}  # by the first input's shape
+        self._kept: KeptForward | None = None  # what a vjp plan holds after vjp_forward
 
     # ---- plans -----------------------------------------------------------------
     def input_shapes(self, first: Sequence[int]) -> dict[str, Shape]:
@@ -231,26 +235,54 @@ class Program:
 
     __call__ = forward
 
+    # ---- a module's forward and backward (vjp.py) ----------------------------------
     def vjp(self, inputs: Sequence[torch.Tensor], grad_output: torch.Tensor) -> torch.Tensor | None:
         """A module's backward: runs the spec's ``output`` on ``inputs`` (those it reads, in
         spec order), then reverse mode seeded with ``grad_output`` (d objective / d output,
         any shape the output has). Parameter gradients land in ``self.grads`` (overwritten,
         as in a training step); returns d objective / d first input, in a new tensor, or
-        None when that input does not reach the output."""
-        needed = needed_nodes(self.spec, [self.spec.output])
-        names = [n for n in self.spec.input_names if n in needed]
-        bound = self._bind_inputs(inputs, names)
-        first = self.spec.inputs[0].name
-        shapes = {k: v for k, v in self.input_shapes(inputs[0].shape).items() if k in needed}
-        compiled = self.compiled("vjp", shapes)
-        out_shape = compiled.value_shape(self.spec.output)
-        if tuple(grad_output.shape) != out_shape:
+        None when that input does not reach the output. Right after ``vjp_forward`` on the
+        same inputs, nothing changed since (vjp.py), only the reverse half runs: on the
+        values the forward kept, so the result is the same to the bit."""
+        bound, plan = self._vjp_plan(inputs)
+        if grad_output.shape != plan.out_shape:
             raise ValueError(f"the output gradient has shape {tuple(grad_output.shape)}, "
-                             f"the output has shape {out_shape}")
-        executable = compiled.executable
-        executable.run({**bound, grad_name(self.spec.output): grad_output})
-        found = compiled.input_grad(first)
-        return None if found is None else executable.values[found].clone()
+                             f"the output has shape {plan.out_shape}")
+        kept, self._kept = self._kept, None  # the reverse half overwrites what was kept
+        if kept is not None and kept.holds(plan, inputs, self.params):
+            plan.reverse(grad_output)
+        else:
+            plan.whole(bound, grad_output)
+        return plan.input_gradient()
+
+    def vjp_forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """A module's forward that keeps what its backward reads: the spec's ``output``
+        on ``inputs`` (as ``vjp`` takes them), in a new tensor, computed by the forward
+        half of ``vjp``'s plan, whose buffers then hold what the reverse half reads
+        (vjp.py says until when). The same kernels as ``forward``'s, in a plan that
+        also holds the backward's buffers."""
+        bound, plan = self._vjp_plan(inputs)
+        self._kept = None
+        output = plan.forward(bound)
+        self._kept = KeptForward.of(plan, inputs, self.params)
+        return output
+
+    def has_vjp_plan(self, inputs: Sequence[torch.Tensor]) -> bool:
+        """Whether ``vjp``'s plan for inputs of these shapes is built (a backward ran at
+        this shape): then ``vjp_forward`` costs no memory that is not already spent."""
+        return bool(inputs) and inputs[0].shape in self._vjp_plans
+
+    def _vjp_plan(self, inputs: Sequence[torch.Tensor]) -> tuple[dict, VjpPlan]:
+        """(the inputs by name, checked; ``vjp``'s plan for their shapes)."""
+        bound = self._bind_inputs(inputs, self._vjp_inputs)
+        shape = inputs[0].shape
+        plan = self._vjp_plans.get(shape)
+        if plan is None:
+            shapes = {k: v for k, v in self.input_shapes(shape).items() if k in bound}
+            plan = VjpPlan.of(self.compiled("vjp", shapes), self.spec.output,
+                              self.spec.inputs[0].name)
+            self._vjp_plans[shape] = plan
+        return bound, plan
 
     # ---- parameters ------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
