@@ -174,7 +174,7 @@ def test_sizes_are_taken_as_torch_takes_them_and_bad_ones_name_the_argument():
         (lambda: Conv2d(4, 6, 3, dilation=(1, -1)), "dilation=(1, -1): must be positive"),
         (lambda: TransposeConv2d(4, 6, 3, padding="same"), "padding='same': expected an int or a pair"),
         (lambda: ConvTranspose2d(4, 6, 3, stride=(2, 1), output_padding=1),
-         "output_padding=1: must be smaller than the stride (2x1) or the dilation (1x1)"),
+         "output_padding=1: must be smaller than the stride (2x1) or the dilation (1) along each side, got 1"),
         (lambda: Upsampling(4, 6, 3, groups=3), "groups=3"),
         (lambda: Conv2d(4, 6, 3, padding_mode="circular"), "zeros only"),
     ]:

@@ -812,6 +812,10 @@ def test_sizes_are_stored_as_pairs_whatever_form_they_were_given_in():
     assert rect.fans() == (6, 24)  # torch's: weight dims 1 and 0 times the area
     assert rect.describe() == ("conv2d in_channels=2 out_channels=4 kernel=2x3 stride=1x2 "
                                "padding=0x1 groups=2")
+    assert Conv2d(3, 24, (3, 3), stride=[2, 2], padding=1).describe() == \
+        "conv2d in_channels=3 out_channels=24 kernel=3 stride=2 padding=1"  # as the spec writes it
+    assert UpsampleConv2d(Conv2d(2, 2, 3, padding="same")).describe() == \
+        "upsample_conv2d in_channels=2 out_channels=2 kernel=3 padding=same"
     tconv = ConvTranspose2d(4, 6, (3, 2), stride=2, output_padding=(1, 0), groups=2)
     assert (tconv.stride, tconv.output_padding) == ((2, 2), (1, 0))
     assert tconv.params()["weight"] == (4, 3, 3, 2) and tconv.fans() == (18, 24)

@@ -123,7 +123,7 @@ def test_sizes_as_pairs_padding_same_and_groups_load():
      "expected an integer or a pair [h, w] of integers or 'same' or 'valid', got [1, 1, 1, 1]"),
     ("padding: 1}\n  act1", "padding: full}\n  act1", "padding", "got 'full'"),
     ("padding: 1}\n  act1", "padding: same, stride: 2}\n  act1", "padding",
-     "'same' needs stride 1 (as in torch), got stride 2x2"),
+     "'same' needs stride 1 (as in torch), got stride 2"),
     ("kernel: 3, padding: 1}\n  act1", "kernel: [0, 3], padding: 1}\n  act1", "kernel",
      "must be positive, got 0"),
     ("padding: 1}\n  act1", "padding: 1, groups: 2}\n  act1", "groups",

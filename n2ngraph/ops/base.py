@@ -93,8 +93,8 @@ class Op:
 
 
 def _shown(field: attrs.Attribute, value) -> str:
-    """An attribute's value as ``describe`` writes it: a size as '3x3' (no space: a
-    picture wraps a description at its spaces)."""
+    """An attribute's value as ``describe`` writes it: a size as '3' or '2x3' (no
+    space: a picture wraps a description at its spaces)."""
     return hxw(value) if field.metadata.get("kind") is Pair else str(value)
 
 
@@ -192,8 +192,11 @@ def pair_attribute(*, default=attrs.NOTHING, minimum: int, words=(), doc: str = 
 
 
 def hxw(value) -> str:
-    """A size for a label or a message: a pair as '3x3' or '2x3', a word as itself."""
-    return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value)
+    """A size for a label or a message as a spec writes it: (3, 3) as '3', (2, 3) as
+    '2x3', a word as itself."""
+    if not isinstance(value, tuple):
+        return str(value)
+    return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
 
 
 def finite_number(value) -> bool:
