@@ -177,23 +177,25 @@ def _square(value, argument: str) -> int:
     return value
 
 
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _size(value, argument: str, words: tuple[str, ...] = ()):
     """A conv size as torch takes it: an int or an (h, w) pair of ints (numpy's too),
     or for padding one of ``words``; anything else refused, naming the argument."""
     if isinstance(value, str) and value in words:
         return value
-    sides = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    if (len(sides) == (2 if isinstance(value, (tuple, list)) else 1)
-            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sides)):
-        return tuple(map(int, sides)) if len(sides) == 2 else int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_integer, value)):
+        return tuple(map(int, value))
+    if _integer(value):
+        return int(value)
     expected = "an int or a pair (h, w) of ints" + "".join(f" or {w!r}" for w in words)
     raise ValueError(f"{argument}={value!r}: expected {expected}")
 
 
+_SIZES = ("kernel", "stride", "padding", "dilation", "output_padding")  # the ops' names
 _ARGUMENTS = {"kernel": "kernel_size"}  # op attribute -> torch's argument, where they differ
-
-
-_SIZES = ("kernel", "stride", "padding", "dilation", "output_padding")
 
 
 def _conv_op(op_class, **arguments) -> Op:

@@ -93,8 +93,8 @@ def _input_side_workspace(conv: Conv2d, tile: int, shapes, col: str, spread: str
     n, c, h, w = shapes["x"]
     _, o, ho, wo = shapes["out"]
     columns = max((n1 - n0) * (r1 - r0) * wo for n0, n1, r0, r1 in _tiles(n, ho, wo, tile))
-    top, bottom, left, right = conv.pads()
-    padded = {"xpad": (n, c, top + h + bottom, left + w + right)} if any(conv.pads()) else {}
+    top, bottom, left, right = pads = conv.pads()
+    padded = {"xpad": (n, c, top + h + bottom, left + w + right)} if any(pads) else {}
     kh, kw = conv.kernel
     return {col: (c * kh * kw, columns), spread: (o, columns), **padded}
 
@@ -454,7 +454,8 @@ class MirrorGradX(Kernel):
     def workspace(self, shapes):
         o, c = self.conv.out_channels, self.conv.in_channels
         own = self.forward.workspace({"x": shapes["out"], "out": shapes["x"]})
-        return {"w_flip": (c, o, *self.conv.kernel), **{f"mirror_{name}": s for name, s in own.items()}}
+        return {"w_flip": (c, o, *self.conv.kernel),
+                **{f"mirror_{name}": s for name, s in own.items()}}
 
     def prepare(self, grad, ws, /, gout, weight):
         o, c, (kh, kw) = self.conv.out_channels, self.conv.in_channels, self.conv.kernel

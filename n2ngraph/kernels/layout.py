@@ -64,13 +64,14 @@ def zeros_outside(plane: torch.Tensor, rows, cols) -> list:
     return [strip.zero_ for strip in strips]
 
 
-def padded(x: torch.Tensor, xpad: torch.Tensor | None, top: int, left: int) -> tuple[torch.Tensor, list]:
+def padded(x: torch.Tensor, xpad: torch.Tensor | None, top: int,
+           left: int) -> tuple[torch.Tensor, list]:
     """The input as windows read it (``xpad`` if given, else ``x``), and the calls that
     zero-pad ``x`` into ``xpad``, ``top`` rows and ``left`` columns in."""
     if xpad is None:
         return x, []
-    return xpad, [xpad.zero_,
-                  functools.partial(xpad[:, :, top:top + x.shape[2], left:left + x.shape[3]].copy_, x)]
+    inside = xpad[:, :, top:top + x.shape[2], left:left + x.shape[3]]
+    return xpad, [xpad.zero_, functools.partial(inside.copy_, x)]
 
 
 def flat_padded(x: torch.Tensor, xt: torch.Tensor, pads: tuple[int, int, int, int]) -> list:

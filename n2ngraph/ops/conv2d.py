@@ -1,8 +1,9 @@
 """conv2d: 2-D cross-correlation, PyTorch's weight layout (out, in / groups, kh, kw).
 
-    y[n, o, i, j] = bias[o] + sum over c, a, b of W[o, c, a, b] x[n, c', sh i + dh a - top, sw j + dw b - left]
+    y[n, o, i, j] = bias[o] + sum over c, a, b of W[o, c, a, b] x[n, c', i', j']
+    i' = sh i + dh a - top,   j' = sw j + dw b - left
 
-with c' running over the input channels of o's group (all of them when ``groups`` is 1).
+with c' the c-th input channel of o's group (all of them when ``groups`` is 1).
 With ``col`` the unfolded input (every window as a column: C*kh*kw rows, one column per
 output pixel), that is one matrix product per sample and group, and so are its
 derivatives:
