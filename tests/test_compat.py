@@ -229,8 +229,8 @@ def test_misuse_gets_a_clear_error():
         Sequential(Conv2d(3, 3, 3), nn.ReLU())
     with pytest.raises(RuntimeError, match="before forward"):
         ReLU().backward(torch.zeros(1, 1, 2, 2))
-    with pytest.raises(ValueError, match="square"):
-        Conv2d(3, 3, (3, 5))
+    with pytest.raises(ValueError, match=r"kernel_size=\(3, 5, 1\): expected an int or a pair"):
+        Conv2d(3, 3, (3, 5, 1))
     with pytest.raises(ng.SpecError, match="in_channels"):
         Conv2d(3, 3, 3).forward(torch.zeros(1, 4, 5, 5))
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import n2ngraph as ng
+from n2ngraph.compiler.parse import parse_spec
 from n2ngraph.compiler.spec import OptimizerSpec
 
 from helpers import DEVICES, ROOT, assert_params_close, step_both
@@ -41,6 +42,67 @@ def test_ten_sgd_steps_match_torch(name, optimizer, dtype, device):
         t = torch.rand(shape, generator=gen, dtype=dtype).to(device)
         step_both(prog, ref, opt, x, t, tol, step)
     assert_params_close(prog, ref, tol)
+
+
+FORMS = """\
+name: forms
+inputs:
+  noisy:  {channels: 4}
+  target: {channels: 4}
+nodes:
+  wide:   {op: conv2d, in: noisy, in_channels: 4, out_channels: 8, kernel: [2, 3], padding: same}
+  act1:   {op: relu, in: wide}
+  grouped: {op: conv2d, in: act1, in_channels: 8, out_channels: 8, kernel: [3, 1], stride: [2, 1],
+            padding: [1, 0], groups: 2}
+  act2:   {op: relu, in: grouped}
+  depth:  {op: conv2d, in: act2, in_channels: 8, out_channels: 8, kernel: 4, padding: same,
+           dilation: [1, 2], groups: 8}
+  act3:   {op: relu, in: depth}
+  up:     {op: conv_transpose2d, in: act3, in_channels: 8, out_channels: 4, kernel: [2, 3],
+           stride: [2, 1], padding: [0, 1], groups: 2}
+  wide2:  {op: conv2d, in: up, in_channels: 4, out_channels: 32, kernel: 4, padding: same}
+  act4:   {op: relu, in: wide2}
+  narrow: {op: conv2d, in: act4, in_channels: 32, out_channels: 32, kernel: [1, 3], padding: [0, 2],
+           dilation: [1, 2]}
+  head:   {op: conv2d, in: narrow, in_channels: 32, out_channels: 4, kernel: 3, padding: same}
+  loss:   {op: mse, in: [head, target]}
+output: head
+loss: loss
+"""
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's, on its side
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_every_conv_form_trains_like_torch(dtype):
+    """Sizes as pairs, padding 'same' with odd and even kernels, grouped, depthwise and
+    transposed grouped convs, through the spec, the compiler and each side's kernels,
+    ten SGD steps with momentum against torch."""
+    spec = parse_spec(FORMS)
+    config = OPTIMIZERS["momentum"]
+    shape = (2, 4, 8, 6)
+    prog = ng.compile(spec, shape, dtype=dtype, seed=4, optimizer=config)
+    kernels = [type(prog.compilations[0].graph[n].impl).__name__ for n in ("wide2", "narrow", "head")]
+    assert kernels == ["InputSideForward", "ShiftedForward", "OutputSideForward"]  # every side
+    ref = TorchNet(spec).to(dtype=dtype)
+    ref.load_state_dict(prog.state_dict())
+    opt = torch.optim.SGD(ref.parameters(), lr=config.lr, momentum=config.momentum,
+                          dampening=config.dampening)
+    gen = torch.Generator().manual_seed(1)
+    tol = TOLERANCE[dtype]
+    for step in range(10):
+        x, t = (torch.rand(shape, generator=gen, dtype=dtype) for _ in range(2))
+        step_both(prog, ref, opt, x, t, tol, step)
+    assert_params_close(prog, ref, tol)
+
+
+def test_grouped_convs_are_initialised_with_torchs_fan_in():
+    """torch's default bound 1/sqrt(fan_in) reads weight dim 1: in / groups for a conv,
+    out / groups for a transposed conv."""
+    params = ng.compile(parse_spec(FORMS), (2, 4, 8, 6), seed=2).params
+    for name, fan_in in (("depth", 1 * 4 * 4), ("grouped", 4 * 3), ("up", 2 * 2 * 3)):
+        bound = fan_in ** -0.5
+        weight = params[f"{name}.weight"]
+        assert bound * 0.7 < weight.abs().max() <= bound, name
 
 
 @pytest.mark.parametrize("name", ["noise2noise", "skipnet"])

@@ -81,11 +81,35 @@ output: out
 """
 
 
-@pytest.mark.parametrize("text", [FANNED_OUT, UNFUSABLE], ids=["fan-out", "other-shapes"])
+SAME = """
+name: same
+inputs: {x: {channels: 2}}
+nodes:
+  up:   {op: upsample_nearest, in: x, scale: 2}
+  conv: {op: conv2d, in: up, in_channels: 2, out_channels: 4, kernel: [3, 3], padding: same}
+output: conv
+"""
+
+
+@pytest.mark.parametrize("text", [FANNED_OUT, UNFUSABLE,
+                                  SAME.replace("kernel: [3, 3], padding: same", "kernel: [3, 1], padding: [1, 0]"),
+                                  SAME.replace("padding: same", "padding: same, groups: 2"),
+                                  SAME.replace("padding: same", "padding: [1, 0]")],
+                         ids=["fan-out", "other-shapes", "3x1", "groups", "rectangular-padding"])
 def test_pairs_that_do_not_fit_are_left_alone(text, always_fuse):
     spec = ng.parse_spec(text)
     graph = forward_graph(spec, {"x": (1, 2, 6, 6)}, [spec.output])
     assert rewrite.rewrite(graph).fused == ()
+
+
+def test_a_3x3_same_conv_written_as_pairs_fuses_and_computes_the_same(always_fuse):
+    spec = ng.parse_spec(SAME)
+    graph = forward_graph(spec, {"x": (1, 2, 6, 6)}, [spec.output])
+    assert rewrite.rewrite(graph).fused == (("up", "conv"),)
+    x = torch.rand(2, 2, 5, 7, dtype=torch.float64)
+    plain, fused = (ng.Program(spec, dtype=torch.float64, seed=1, rewrite=r) for r in (False, True))
+    torch.testing.assert_close(fused.forward(x), plain.forward(x), rtol=1e-12, atol=1e-12)
+    assert any(isinstance(n.op, UpsampleConv2d) for n in fused.compilations[0].graph.nodes.values())
 
 
 @pytest.mark.parametrize("name", list(SPECS))

@@ -99,10 +99,39 @@ def test_cycle():
     _check(_error(text), line=6, node="conv1", field="in", says="cycle: conv1 -> act1 -> conv1")
 
 
-@pytest.mark.parametrize("value", ['"3"', "3.0", "true", "[3, 3]"])
+@pytest.mark.parametrize("value", ['"3"', "3.0", "true", "[3, 3, 3]", "[3]", "[3, true]", "[3, 2.5]",
+                                   "{h: 3, w: 3}", "same"])
 def test_wrong_type(value):
     _check(_error(_edit("kernel: 3, padding: 1}\n  act1", f"kernel: {value}, padding: 1}}\n  act1")),
-           line=6, node="conv1", field="kernel", says="expected an integer")
+           line=6, node="conv1", field="kernel",
+           says="expected an integer or a pair [h, w] of integers, got ")
+
+
+def test_sizes_as_pairs_padding_same_and_groups_load():
+    text = _edit("kernel: 3, padding: 1}\n  act1", "kernel: [3, 1], padding: same, groups: 1}\n  act1")
+    text = text.replace("out_channels: 3, kernel: 3, padding: 1}",
+                        "out_channels: 3, kernel: [1, 3], stride: [1, 1], padding: [0, 1]}")
+    spec = parse_spec(text)
+    first, second = spec.node("conv1").op, spec.node("conv2").op
+    assert (first.kernel, first.padding, first.pads()) == ((3, 1), "same", (1, 1, 0, 0))
+    assert (second.kernel, second.stride, second.padding) == ((1, 3), (1, 1), (0, 1))
+
+
+@pytest.mark.parametrize(("old", "new", "field", "says"), [
+    ("padding: 1}\n  act1", "padding: [1, -1]}\n  act1", "padding", "must be >= 0, got -1"),
+    ("padding: 1}\n  act1", "padding: [1, 1, 1, 1]}\n  act1", "padding",
+     "expected an integer or a pair [h, w] of integers or 'same' or 'valid', got [1, 1, 1, 1]"),
+    ("padding: 1}\n  act1", "padding: full}\n  act1", "padding", "got 'full'"),
+    ("padding: 1}\n  act1", "padding: same, stride: 2}\n  act1", "padding",
+     "'same' needs stride 1 (as in torch), got stride 2"),
+    ("kernel: 3, padding: 1}\n  act1", "kernel: [0, 3], padding: 1}\n  act1", "kernel",
+     "must be positive, got 0"),
+    ("padding: 1}\n  act1", "padding: 1, groups: 2}\n  act1", "groups",
+     "must divide in_channels (3) and out_channels (8), got 2"),
+    ("padding: 1}\n  act1", "padding: 1, dilation: [1, 0]}\n  act1", "dilation", "must be positive"),
+])
+def test_bad_size_pairs_padding_and_groups(old, new, field, says):
+    _check(_error(_edit(old, new)), line=6, node="conv1", field=field, says=says)
 
 
 def test_wrong_bool():

@@ -42,7 +42,8 @@ ODD_VALUES = st.one_of(
     st.sampled_from([0, 1, 2, 7, -1, -(2**63), 10**12, 10**19, 2**63, 10**30, 1.5,
                      float("nan"), float("inf"), 1e308]),
     st.sampled_from([None, True, "", "\x00", "relu", "conv2d", "noisy", "x" * 5000, "a\x00b",
-                     [], [1, 2], ["noisy", "noisy"], {}, {"channels": 3}]),
+                     [], [1, 2], ["noisy", "noisy"], {}, {"channels": 3},
+                     "same", [3, 3, 3], [1, 2**62], [0, -1]]),  # a conv's sizes: int or [h, w]
 )
 
 

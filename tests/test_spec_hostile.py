@@ -88,7 +88,27 @@ def test_aliases_within_the_budget_still_work():
         "  act: {op: relu, in: conv}",
         "  act: {op: relu, in: conv}\n  again: {op: conv2d, in: act, in_channels: 4, out_channels: 4, <<: *geometry}")
     spec = parse.parse_spec(text.replace("output: act", "output: again"))
-    assert (spec.node("again").op.kernel, spec.node("again").op.padding) == (3, 1)
+    assert (spec.node("again").op.kernel, spec.node("again").op.padding) == ((3, 3), (1, 1))
+
+
+@pytest.mark.parametrize("edit,field", [
+    ("kernel: [1, 4611686018427387904]", "kernel"),
+    ("kernel: 3, padding: 1, groups: 4611686018427387904", "groups"),
+    ("kernel: 3, padding: 1, dilation: [1, 4611686018427387904]", "kernel"),
+], ids=["kernel", "groups", "dilation"])
+def test_sizes_near_64_bits_in_a_pair_are_refused_quickly(edit, field):
+    """A huge side of a pair is refused like a huge int: the parameters or the values
+    it implies cannot fit, or the kernel cannot fit the input, before any allocation."""
+    error = _refused(_edit(TINY, "kernel: 3, padding: 1", edit))
+    assert error.line == 4 and error.node == "conv" and error.field == field
+
+
+def test_a_padding_near_64_bits_in_a_pair_is_refused_before_allocation():
+    spec = parse.parse_spec(_edit(TINY, "padding: 1", "padding: [1, 4611686018427387904]"))
+    start = time.perf_counter()
+    with pytest.raises(ng.SpecError) as info:
+        ng.compile(spec, (1, 3, 8, 8))
+    assert time.perf_counter() - start < 5 and info.value.node == "conv"
 
 
 def test_an_alias_inside_its_own_anchor_is_refused():
@@ -108,11 +128,12 @@ def test_deep_nesting_is_a_spec_error_naming_the_line(text, line):
 
 @pytest.mark.parametrize("edit,line", [
     (("kernel: 3, padding: 1}\n  act", f"kernel: {10**30}, padding: 1}}\n  act"), 4),
+    (("kernel: 3, padding: 1}\n  act", f"kernel: [3, {10**30}], padding: 1}}\n  act"), 4),
     (("output: act\n", f"output: act\ntrain: {{batch: {10**20}}}\n"), 7),
     (("output: act\n", f"output: act\ntrain: {{seed: {2**63}}}\n"), 7),
     (("output: act\n", f"output: act\ntrain: {{crop: {'9' * 5000}}}\n"), 7),
     (("output: act\n", f"output: act\ntrain: {{crop: {'1:' * 5000}1}}\n"), 7),
-], ids=["kernel", "batch", "seed", "5000-digits", "sexagesimal"])
+], ids=["kernel", "kernel-pair", "batch", "seed", "5000-digits", "sexagesimal"])
 def test_integers_past_64_bits_are_refused_with_their_line(edit, line):
     """Before: 5,000 digits were a ValueError traceback (Python's int-to-str limit)."""
     error = _refused(_edit(TINY, *edit))

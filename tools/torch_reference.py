@@ -66,11 +66,11 @@ class _Crop(nn.Module):
 def _module(op) -> nn.Module:
     if op.name == "conv2d":
         return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, stride=op.stride,
-                         padding=op.padding, dilation=op.dilation, bias=op.bias)
+                         padding=op.padding, dilation=op.dilation, groups=op.groups, bias=op.bias)
     if op.name == "conv_transpose2d":
         return nn.ConvTranspose2d(op.in_channels, op.out_channels, op.kernel, stride=op.stride,
                                   padding=op.padding, output_padding=op.output_padding,
-                                  dilation=op.dilation, bias=op.bias)
+                                  groups=op.groups, dilation=op.dilation, bias=op.bias)
     if op.name == "relu":
         return nn.ReLU()
     if op.name == "sigmoid":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Sequence
 
 import attrs
@@ -18,6 +19,7 @@ from ..ops.upsample import UpsampleNearest as _UpsampleOp
 from ..runtime.optim import SGD as _SGDUpdate
 from ..runtime.program import Program
 from ..compiler.spec import InputSpec, NodeSpec, OptimizerSpec, Spec, TrainSpec
+from ..errors import SpecError
 
 
 class Module:
@@ -197,12 +199,49 @@ class _Compiled(Module):
 
 
 def _square(value, argument: str) -> int:
-    """The seed passes sizes as an int or an (h, w) pair; n2ngraph's ops are square."""
+    """An upsampling factor as an int or an (h, w) pair; n2ngraph's upsampling is square."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2 or value[0] != value[1]:
             raise ValueError(f"{argument}={value!r}: n2ngraph supports square sizes only")
         value = value[0]
     return value
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _size(value, argument: str, words: tuple[str, ...] = ()):
+    """A conv size as torch takes it: an int or an (h, w) pair of ints (numpy's too),
+    or for padding one of ``words``; anything else refused, naming the argument."""
+    if isinstance(value, str) and value in words:
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_integer, value)):
+        return tuple(map(int, value))
+    if _integer(value):
+        return int(value)
+    expected = "an int or a pair (h, w) of ints" + "".join(f" or {w!r}" for w in words)
+    raise ValueError(f"{argument}={value!r}: expected {expected}")
+
+
+_SIZES = ("kernel", "stride", "padding", "dilation", "output_padding")  # the ops' names
+_ARGUMENTS = {"kernel": "kernel_size"}  # op attribute -> torch's argument, where they differ
+
+
+def _conv_op(op_class, **arguments) -> Op:
+    """A conv op from torch's arguments (under the op's names): sizes as ints or pairs
+    (a conv's padding also 'same' or 'valid'); a bad one is a ValueError naming torch's
+    argument and the value given."""
+    given = dict(arguments)
+    for name in _SIZES:
+        if name in given:
+            words = ("same", "valid") if name == "padding" and op_class is _Conv2dOp else ()
+            given[name] = _size(given[name], _ARGUMENTS.get(name, name), words)
+    try:
+        return op_class(**given)
+    except SpecError as e:
+        raise ValueError(f"{_ARGUMENTS.get(e.field, e.field)}={arguments.get(e.field)!r}: "
+                         f"{e.problem}") from None
 
 
 class _Parametrised(_Compiled):
@@ -215,6 +254,15 @@ class _Parametrised(_Compiled):
         self.bias = None
         for role, shape in op.params().items():
             setattr(self, role, torch.empty(shape).uniform_(-bound, bound))
+
+    def _in_dtype(self, dtype: torch.dtype | None) -> None:
+        """The parameters converted to torch's ``dtype=`` argument, where given."""
+        if dtype is None:
+            return
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype={dtype}: n2ngraph computes in float32 or float64")
+        self.weight = self.weight.to(dtype)
+        self.bias = self.bias.to(dtype) if self.bias is not None else None
 
     def __setattr__(self, name, value):
         """A tensor assigned as ``weight``/``bias`` that the gradient no longer fits
@@ -248,50 +296,49 @@ class _Pair(tuple):
 # ---- the modules ------------------------------------------------------------------------
 
 class Conv2d(_Parametrised):
-    """torch's Conv2d: weight (out, in, kh, kw); ``forward(x)`` is conv2d(x, weight, bias)."""
+    """torch's Conv2d: weight (out, in / groups, kh, kw); ``forward(x)`` is conv2d(x,
+    weight, bias). Sizes are ints or (h, w) pairs, ``padding`` also "same" or "valid".
+    The seed's positional order (``bias`` after ``dilation``); torch's ``groups``,
+    ``padding_mode`` ("zeros"), ``device`` (the CPU) and ``dtype`` by keyword."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True):
-        self.op = _Conv2dOp(in_channels, out_channels, _square(kernel_size, "kernel_size"),
-                            stride=_square(stride, "stride"), padding=_square(padding, "padding"),
-                            dilation=_square(dilation, "dilation"), bias=bias)
+                 bias=True, groups=1, padding_mode="zeros", device=None, dtype=None):
+        _torch_only(padding_mode=padding_mode, device=device)
+        self.op = _conv_op(_Conv2dOp, in_channels=in_channels, out_channels=out_channels,
+                           kernel=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, bias=bias)
         self._make_params(self.op)
+        self._in_dtype(dtype)
 
 
 class TransposeConv2d(_Parametrised):
-    """torch's ConvTranspose2d: weight (in, out, kh, kw), with output_padding."""
+    """torch's ConvTranspose2d: weight (in, out / groups, kh, kw), with output_padding;
+    sizes as ints or (h, w) pairs."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, dilation=1, bias=True):
-        self.op = _ConvTransposeOp(
-            in_channels, out_channels, _square(kernel_size, "kernel_size"),
-            stride=_square(stride, "stride"), padding=_square(padding, "padding"),
-            output_padding=_square(output_padding, "output_padding"),
-            dilation=_square(dilation, "dilation"), bias=bias)
+                 output_padding=0, dilation=1, bias=True, groups=1):
+        self.op = _conv_op(_ConvTransposeOp, in_channels=in_channels, out_channels=out_channels,
+                           kernel=kernel_size, stride=stride, padding=padding,
+                           output_padding=output_padding, dilation=dilation, groups=groups,
+                           bias=bias)
         self._make_params(self.op)
 
 
 class ConvTranspose2d(TransposeConv2d):
-    """TransposeConv2d under torch's name, with torch's signature (``groups=1``,
-    ``padding_mode="zeros"`` only; ``dtype`` float32 or float64)."""
+    """TransposeConv2d under torch's name, with torch's signature (``padding_mode=
+    "zeros"`` only; ``dtype`` float32 or float64)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  device=None, dtype=None):
-        _torch_only(groups=groups, padding_mode=padding_mode, device=device)
+        _torch_only(padding_mode=padding_mode, device=device)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding,
-                         output_padding, dilation, bias)
-        if dtype is not None:
-            if dtype not in (torch.float32, torch.float64):
-                raise ValueError(f"dtype={dtype}: n2ngraph computes in float32 or float64")
-            self.weight = self.weight.to(dtype)
-            self.bias = self.bias.to(dtype) if self.bias is not None else None
+                         output_padding, dilation, bias, groups)
+        self._in_dtype(dtype)
 
 
-def _torch_only(groups=1, padding_mode="zeros", device=None) -> None:
+def _torch_only(padding_mode="zeros", device=None) -> None:
     """torch arguments n2ngraph's modules take only at their default."""
-    if groups != 1:
-        raise ValueError(f"groups={groups!r}: n2ngraph's convolutions support groups=1 only")
     if padding_mode != "zeros":
         raise ValueError(f"padding_mode={padding_mode!r}: n2ngraph pads with zeros only")
     if device is not None and torch.device(device).type != "cpu":
@@ -330,8 +377,9 @@ class Upsampling(Conv2d):
     ``scale_factor``."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, scale_factor=2):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias)
+                 bias=True, scale_factor=2, groups=1):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                         groups)
         self.upsample = _UpsampleOp(_square(scale_factor, "scale_factor"))
 
     def _emit(self, nodes, name, source):

@@ -4,28 +4,35 @@ The GEMM wants its small dimension as large as possible (an [M, K] x [K, N] prod
 runs far slower when M is 3 than when it is 24), so a conv can unfold either side, or
 neither. ``table.py`` picks one per conv (``unfold: auto``), or takes the spec's hint.
 
-**input side** (classic im2col, any stride): the input's k*k shifted windows are copied
-into a column matrix ``col`` (C*k*k, pixels), in tiles of about ``TILE_COLUMNS`` output
-pixels, each copied, multiplied and scattered while it is still in cache:
+**input side** (classic im2col, any stride, any groups): the input's kh*kw shifted
+windows are copied into a column matrix ``col`` (C*kh*kw, pixels), in tiles of about
+``TILE_COLUMNS`` output pixels, each copied, multiplied and scattered while it is still
+in cache:
 
-    forward      y^T = W(O, C*k*k) @ col            (+ bias, fused into addmm)
+    forward      y^T = W(O, C*kh*kw) @ col          (+ bias, fused into addmm)
     grad weight  gW  = gy^T(O, pixels) @ col^T
-    grad input   gcol = W^T @ gy^T, then col2im: k*k strided adds into a padded buffer
+    grad input   gcol = W^T @ gy^T, then col2im: kh*kw strided adds into a padded buffer
 
-**output side** (stride 1): one GEMM over the unshifted input or output gradient
-computes every tap at once, and the k*k shifts move to the small side:
+A grouped conv's rows of W, col and y^T are its groups' one after the other, so each
+product is one batched GEMM over the groups (``_gemm``) instead of one GEMM.
 
-    forward      Z = W(k*k*O, C) @ x^T(C, N*H*W); y = bias + sum over taps of Z shifted
-    grad input   gx^T = W(C, O*k*k) @ gycol, gycol the k*k shifted copies of gy
+**output side** (stride 1, groups 1): one GEMM over the unshifted input or output
+gradient computes every tap at once, and the kh*kw shifts move to the small side:
+
+    forward      Z = W(kh*kw*O, C) @ x^T(C, N*H*W); y = bias + sum over taps of Z shifted
+    grad input   gx^T = W(C, O*kh*kw) @ gycol, gycol the kh*kw shifted copies of gy
     grad weight  gW^T = x^T(C, N*H*W) @ gycol^T
 
-**shifted windows** (no unfold, stride 1): the zero-padded input laid out channel-major
-and flat, ``xt`` (C, N*Hp*Wp), so that tap (a, b) of output pixel q reads
-``xt[:, q + a*d*Wp + b*d]``: every tap is a GEMM on a shifted column window of ``xt``,
+**shifted windows** (no unfold, stride 1, groups 1): the zero-padded input laid out
+channel-major and flat, ``xt`` (C, N*Hp*Wp), so that tap (a, b) of output pixel q reads
+``xt[:, q + a*dh*Wp + b*dw]``: every tap is a GEMM on a shifted column window of ``xt``,
 with no copy, over tiles of about ``TAP_TILE_COLUMNS`` pixels of the padded grid.
 
-With stride 1 the input gradient is itself a forward: that of the *mirror* conv (the
-kernel flipped and transposed) over gy, run by this same table (``MirrorGradX``).
+Padding is (top, bottom, left, right) throughout (``Conv2d.pads``): ``padding: same``
+with an even kernel pads one zero more at the bottom and right. With stride 1 and
+padding alike on both sides the input gradient is itself a forward: that of the
+*mirror* conv (the kernel flipped and transposed) over gy, run by this same table
+(``MirrorGradX``).
 ``x^T``, ``y^T``, ``gy^T`` are channel-major (C, N*H*W); the NCHW tensors the rest of
 the graph uses are one strided copy away (``layout.py``).
 """
@@ -44,11 +51,11 @@ from .base import Kernel
 from .layout import channel_major, flat_padded, from_channel_major, overlap, zeros_outside
 
 TILE_COLUMNS = 1024
-"""Output pixels per tile of the input side: a tile's column matrix (C*k*k rows by this
+"""Output pixels per tile of the input side: a tile's column matrix (C*kh*kw rows by this
 many columns) stays in cache between its copy and its GEMM."""
 
 TAP_TILE_COLUMNS = 2048
-"""Padded-grid pixels per tile of the shifted windows: the k*k GEMMs reread one tile of
+"""Padded-grid pixels per tile of the shifted windows: the kh*kw GEMMs reread one tile of
 ``xt`` (C rows) and accumulate into one of ``yt`` (O rows), both kept in cache."""
 
 
@@ -59,17 +66,18 @@ def _tiles(n: int, ho: int, wo: int, tile: int) -> list[tuple[int, int, int, int
 # ---- the input side ---------------------------------------------------------------
 
 def _windows(conv: Conv2d, padded: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
-    """A strided view (C, k, k, N, Ho, Wo) of every input window; no copy."""
+    """A strided view (C, kh, kw, N, Ho, Wo) of every input window; no copy."""
     n, c = padded.shape[:2]
     sn, sc, sh, sw = padded.stride()
-    k, d, s = conv.kernel, conv.dilation, conv.stride
-    return padded.as_strided((c, k, k, n, ho, wo), (sc, sh * d, sw * d, sn, sh * s, sw * s),
+    (kh, kw), (dh, dw), (step_h, step_w) = conv.kernel, conv.dilation, conv.stride
+    return padded.as_strided((c, kh, kw, n, ho, wo),
+                             (sc, sh * dh, sw * dw, sn, sh * step_h, sw * step_w),
                              padded.storage_offset())
 
 
 def _tile_views(conv: Conv2d, tile: int, padded, out_shape, col, spread):
     """For each tile of the output: the tile (n0, n1, r0, r1), its column matrix
-    (C*k*k, columns), its windows in ``padded`` (C, k, k, n, rows, Wo) and its
+    (C*kh*kw, columns), its windows in ``padded`` (C, kh, kw, n, rows, Wo) and its
     channel-major part (O, columns), both workspaces used from their start."""
     n, _, ho, wo = out_shape
     windows = _windows(conv, padded, ho, wo)
@@ -85,8 +93,38 @@ def _input_side_workspace(conv: Conv2d, tile: int, shapes, col: str, spread: str
     n, c, h, w = shapes["x"]
     _, o, ho, wo = shapes["out"]
     columns = max((n1 - n0) * (r1 - r0) * wo for n0, n1, r0, r1 in _tiles(n, ho, wo, tile))
-    padded = {"xpad": (n, c, h + 2 * conv.padding, w + 2 * conv.padding)} if conv.padding else {}
-    return {col: (c * conv.kernel ** 2, columns), spread: (o, columns), **padded}
+    top, bottom, left, right = pads = conv.pads()
+    padded = {"xpad": (n, c, top + h + bottom, left + w + right)} if any(pads) else {}
+    kh, kw = conv.kernel
+    return {col: (c * kh * kw, columns), spread: (o, columns), **padded}
+
+
+def _by_group(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """A matrix (R, columns) as (groups, R / groups, columns) for a grouped conv's
+    batched GEMM; the matrix itself when there is one group."""
+    return t if groups == 1 else t.view(groups, t.shape[0] // groups, t.shape[1])
+
+
+def _gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias=None, accumulate=False):
+    """A call writing out = a @ b (+ bias), or adding a @ b to out: one GEMM for
+    matrices, one batched GEMM over the groups for (groups, rows, columns) stacks."""
+    if a.dim() == 2:
+        if accumulate:
+            return functools.partial(out.addmm_, a, b)
+        if bias is None:
+            return functools.partial(torch.mm, a, b, out=out)
+        return functools.partial(torch.addmm, bias.view(-1, 1), a, b, out=out)
+    if accumulate:
+        return functools.partial(out.baddbmm_, a, b)
+    if bias is None:
+        return functools.partial(torch.bmm, a, b, out=out)
+    return functools.partial(torch.baddbmm, bias.view(a.shape[0], -1, 1), a, b, out=out)
+
+
+def _source(conv: Conv2d, x: torch.Tensor, ws) -> tuple[torch.Tensor, list]:
+    """The input as the windows read it, zero-padded into ``xpad`` where it has one."""
+    top, _, left, _ = conv.pads()
+    return layout.padded(x, ws.get("xpad"), top, left)
 
 
 @attrs.frozen
@@ -98,13 +136,13 @@ class InputSideForward(Kernel):
         return _input_side_workspace(self.conv, self.tile, shapes, "col", "yt")
 
     def prepare(self, out, ws, /, x, weight, bias=None):
-        w2d = weight.view(self.conv.out_channels, -1)
-        source, calls = layout.padded(x, ws.get("xpad"), self.conv.padding)
+        g = self.conv.groups
+        w2d = _by_group(weight.view(self.conv.out_channels, -1), g)
+        source, calls = _source(self.conv, x, ws)
         for (n0, n1, r0, r1), col, windows, yt in _tile_views(self.conv, self.tile, source,
                                                                out.shape, ws["col"], ws["yt"]):
-            gemm = (functools.partial(torch.mm, w2d, col, out=yt) if bias is None else
-                    functools.partial(torch.addmm, bias.view(-1, 1), w2d, col, out=yt))
-            calls += [functools.partial(col.view(windows.shape).copy_, windows), gemm,
+            calls += [functools.partial(col.view(windows.shape).copy_, windows),
+                      _gemm(w2d, _by_group(col, g), _by_group(yt, g), bias),
                       from_channel_major(yt, out[n0:n1, :, r0:r1, :])]
         return in_order(*calls)
 
@@ -131,27 +169,29 @@ class InputSideGradWeight(Kernel):
         return {"gt": own["gt"]} if self._keeps(shapes) else own  # and the forward's col
 
     def prepare(self, grad, ws, /, gout, x):
-        o = self.conv.out_channels
-        g2d = grad.view(o, -1)
+        o, g = self.conv.out_channels, self.conv.groups
+        g2d = _by_group(grad.view(o, -1), g)
         if self._keeps({"out": gout.shape}):  # the forward's col, still intact
             columns = gout.numel() // o
             col = ws["col"].view(-1)[:ws["col"].shape[0] * columns].view(-1, columns)
             gt = ws["gt"].view(-1)[:gout.numel()].view(o, columns)
-            return in_order(channel_major(gout, gt), functools.partial(torch.mm, gt, col.t(), out=g2d))
-        source, calls = layout.padded(x, ws.get("xpad"), self.conv.padding)
+            return in_order(channel_major(gout, gt),
+                            _gemm(_by_group(gt, g), _by_group(col, g).transpose(-2, -1), g2d))
+        source, calls = _source(self.conv, x, ws)
         views = _tile_views(self.conv, self.tile, source, gout.shape, ws["col"], ws["gt"])
         for i, ((n0, n1, r0, r1), col, windows, gt) in enumerate(views):
             calls += [functools.partial(col.view(windows.shape).copy_, windows),
                       channel_major(gout[n0:n1, :, r0:r1, :], gt),
-                      functools.partial(torch.mm, gt, col.t(), out=g2d) if i == 0 else
-                      functools.partial(g2d.addmm_, gt, col.t())]
+                      _gemm(_by_group(gt, g), _by_group(col, g).transpose(-2, -1), g2d,
+                            accumulate=i > 0)]
         return in_order(*calls)
 
 
 @attrs.frozen
 class Col2imGradX(Kernel):
     """gx by col2im: each tile's gcol = W^T @ gy^T added back onto the input positions
-    its columns came from (k*k strided adds into the zero-padded gradient). Any stride."""
+    its columns came from (kh*kw strided adds into the zero-padded gradient). Any stride,
+    padding and groups."""
 
     conv: Conv2d
     tile: int = 0
@@ -160,21 +200,21 @@ class Col2imGradX(Kernel):
         return _input_side_workspace(self.conv, self.tile, shapes, "gcol", "gt")
 
     def prepare(self, grad, ws, /, gout, weight):
-        conv, gpad = self.conv, ws.get("xpad")
+        conv, gpad, g = self.conv, ws.get("xpad"), self.conv.groups
         target = grad if gpad is None else gpad
-        w2d_t = weight.view(conv.out_channels, -1).t()
+        w2d_t = _by_group(weight.view(conv.out_channels, -1), g).transpose(-2, -1)
         calls = [target.zero_]
         for (n0, n1, r0, r1), gcol, windows, gt in _tile_views(conv, self.tile, target, gout.shape,
                                                                 ws["gcol"], ws["gt"]):
             pieces = gcol.view(windows.shape)
             calls += [channel_major(gout[n0:n1, :, r0:r1, :], gt),
-                      functools.partial(torch.mm, w2d_t, gt, out=gcol)]
+                      _gemm(w2d_t, _by_group(gt, g), _by_group(gcol, g))]
             calls += [functools.partial(windows[:, i, j].add_, pieces[:, i, j])
-                      for i in range(conv.kernel) for j in range(conv.kernel)]
+                      for i in range(conv.kernel[0]) for j in range(conv.kernel[1])]
         if gpad is not None:
-            p = conv.padding
-            calls.append(functools.partial(grad.copy_,
-                                           gpad[:, :, p:p + grad.shape[2], p:p + grad.shape[3]]))
+            top, _, left, _ = conv.pads()
+            calls.append(functools.partial(
+                grad.copy_, gpad[:, :, top:top + grad.shape[2], left:left + grad.shape[3]]))
         return in_order(*calls)
 
 
@@ -182,20 +222,21 @@ class Col2imGradX(Kernel):
 
 def _taps(conv: Conv2d, h: int, w: int, ho: int, wo: int):
     """For each tap (a, b): the output rows and columns it reaches, and the input rows
-    and columns they read (stride 1: output i reads input i + a*d - p)."""
-    k, d, p = conv.kernel, conv.dilation, conv.padding
-    for a in range(k):
-        rows = overlap(a * d - p, h, ho)
-        for b in range(k):
-            yield a * k + b, rows, overlap(b * d - p, w, wo)
+    and columns they read (stride 1: output i reads input i + a*dh - top)."""
+    (kh, kw), (dh, dw) = conv.kernel, conv.dilation
+    top, _, left, _ = conv.pads()
+    for a in range(kh):
+        rows = overlap(a * dh - top, h, ho)
+        for b in range(kw):
+            yield a * kw + b, rows, overlap(b * dw - left, w, wo)
 
 
 def _gather_gout(conv: Conv2d, gout, gycol, x_shape):
-    """gycol[(o, a, b), (n, h, w)] = gy[n, o, h - a*d + p, w - b*d + p], zero where that
+    """gycol[(o, a, b), (n, h, w)] = gy[n, o, h - a*dh + top, w - b*dw + left], zero where that
     falls outside gy: every input pixel's view of the output gradient."""
     n, o, ho, wo = gout.shape
     h, w = x_shape[2], x_shape[3]
-    cols = gycol.view(o, conv.kernel * conv.kernel, n, h, w)
+    cols = gycol.view(o, _area(conv), n, h, w)
     gy = gout.transpose(0, 1)
     whole = gycol.numel() < layout.ZERO_WHOLE_BELOW
     calls = [gycol.zero_] if whole else []
@@ -210,9 +251,14 @@ def _gather_gout(conv: Conv2d, gout, gycol, x_shape):
     return in_order(*calls)
 
 
+def _area(conv: Conv2d) -> int:
+    """The kernel's taps: kh*kw."""
+    return conv.kernel[0] * conv.kernel[1]
+
+
 def _output_side_workspace(conv: Conv2d, shapes) -> tuple[tuple, tuple, int]:
     n, c, h, w = shapes["x"]
-    k2 = conv.kernel * conv.kernel
+    k2 = _area(conv)
     return (c, n * h * w), (conv.out_channels * k2, n * h * w), k2
 
 
@@ -227,7 +273,7 @@ class OutputSideForward(Kernel):
     def prepare(self, out, ws, /, x, weight, bias=None):
         x_t, w_taps, taps = ws["x_t"], ws["w_taps"], ws["taps"]
         n, c, h, w = x.shape
-        o, k2 = self.conv.out_channels, self.conv.kernel ** 2
+        o, k2 = self.conv.out_channels, _area(self.conv)
         each = taps.view(k2, o, n, h, w)
         y = out.transpose(0, 1)  # (O, N, Ho, Wo) view of the NCHW result
         start = (y.zero_ if bias is None else
@@ -254,10 +300,10 @@ class OutputSideGradX(Kernel):
 
     def prepare(self, grad, ws, /, gout, weight):
         gycol, w_t, gx_t = ws["gycol"], ws["w_t"], ws["gx_t"]
-        o, c, k = self.conv.out_channels, self.conv.in_channels, self.conv.kernel
+        o, c, k2 = self.conv.out_channels, self.conv.in_channels, _area(self.conv)
         return in_order(_gather_gout(self.conv, gout, gycol, grad.shape),
-                        functools.partial(w_t.view(c, o, k * k).copy_,
-                                          weight.view(o, c, k * k).transpose(0, 1)),
+                        functools.partial(w_t.view(c, o, k2).copy_,
+                                          weight.view(o, c, k2).transpose(0, 1)),
                         functools.partial(torch.mm, w_t, gycol, out=gx_t),
                         from_channel_major(gx_t, grad))
 
@@ -272,11 +318,11 @@ class OutputSideGradWeight(Kernel):
 
     def prepare(self, grad, ws, /, gout, x):
         gycol, x_t, gw_t = ws["gycol"], ws["x_t"], ws["gw_t"]
-        o, c, k = self.conv.out_channels, self.conv.in_channels, self.conv.kernel
+        o, c, k2 = self.conv.out_channels, self.conv.in_channels, _area(self.conv)
         return in_order(_gather_gout(self.conv, gout, gycol, x.shape), channel_major(x, x_t),
-                        functools.partial(torch.mm, x_t, gycol.t(), out=gw_t),  # (C, O*k*k)
-                        functools.partial(grad.view(o, c, k * k).copy_,
-                                          gw_t.view(c, o, k * k).transpose(0, 1)))
+                        functools.partial(torch.mm, x_t, gycol.t(), out=gw_t),  # (C, O*kh*kw)
+                        functools.partial(grad.view(o, c, k2).copy_,
+                                          gw_t.view(c, o, k2).transpose(0, 1)))
 
 
 # ---- shifted windows of the flat padded input (stride 1) ---------------------------
@@ -285,20 +331,26 @@ def _shifts(conv: Conv2d, tile: int, x_shape, out_shape):
     """The padded map's (Hp, Wp); each tap's offset in the flat padded map; and the
     tiles (n0, n1, r0, r1, start, columns): the flat pixels [start, start + columns) of
     the padded grid that cover those output rows."""
-    n, _, h, w = x_shape
     ho = out_shape[2]
-    k, d, p = conv.kernel, conv.dilation, conv.padding
-    hp, wp = h + 2 * p, w + 2 * p
-    offsets = [a * d * wp + b * d for a in range(k) for b in range(k)]
+    (kh, kw), (dh, dw) = conv.kernel, conv.dilation
+    n, hp, wp = _padded_grid(conv, x_shape)
+    offsets = [a * dh * wp + b * dw for a in range(kh) for b in range(kw)]
     spans = [(n0, n1, r0, r1, (n0 * hp + r0) * wp, ((n1 - n0 - 1) * hp + r1 - r0) * wp)
              for n0, n1, r0, r1 in layout.tiles(n, ho, wp, tile or TAP_TILE_COLUMNS)]
     return hp, wp, offsets, spans
 
 
+def _padded_grid(conv: Conv2d, x_shape) -> tuple[int, int, int]:
+    """(N, Hp, Wp): the batch and the zero-padded input's height and width."""
+    n, _, h, w = x_shape
+    top, bottom, left, right = conv.pads()
+    return n, top + h + bottom, left + w + right
+
+
 def _flat_input(conv: Conv2d, shapes) -> tuple[int, int]:
-    n, c, h, w = shapes["x"]
-    hp, wp = h + 2 * conv.padding, w + 2 * conv.padding
-    return c, n * hp * wp + (conv.kernel - 1) * conv.dilation
+    """``xt``: the flat padded grid, and the reach of the last row's taps beyond it."""
+    n, hp, wp = _padded_grid(conv, shapes["x"])
+    return shapes["x"][1], n * hp * wp + (conv.kernel[1] - 1) * conv.dilation[1]
 
 
 @attrs.frozen
@@ -308,16 +360,16 @@ class ShiftedForward(Kernel):
 
     def workspace(self, shapes):
         *_, spans = _shifts(self.conv, self.tile, shapes["x"], shapes["out"])
-        o, c, k2 = self.conv.out_channels, self.conv.in_channels, self.conv.kernel ** 2
+        o, c, k2 = self.conv.out_channels, self.conv.in_channels, _area(self.conv)
         return {"xt": _flat_input(self.conv, shapes), "w_taps": (k2, o, c),
                 "yt": (o, max(s[-1] for s in spans))}
 
     def prepare(self, out, ws, /, x, weight, bias=None):
         xt, w_taps, yt = ws["xt"], ws["w_taps"], ws["yt"]
-        o, c, k2 = self.conv.out_channels, self.conv.in_channels, self.conv.kernel ** 2
+        o, c, k2 = self.conv.out_channels, self.conv.in_channels, _area(self.conv)
         hp, wp, offsets, spans = _shifts(self.conv, self.tile, x.shape, out.shape)
         wo = out.shape[3]
-        calls = [*flat_padded(x, xt, self.conv.padding),
+        calls = [*flat_padded(x, xt, self.conv.pads()),
                  functools.partial(w_taps.copy_, weight.view(o, c, k2).permute(2, 0, 1))]
         for n0, n1, r0, r1, start, columns in spans:
             y = yt.view(-1)[:o * columns].view(o, columns)
@@ -337,18 +389,17 @@ class ShiftedGradWeight(Kernel):
     tile: int = 0
 
     def workspace(self, shapes):
-        n, _, h, w = shapes["x"]
-        o, c, k2 = self.conv.out_channels, self.conv.in_channels, self.conv.kernel ** 2
-        hp, wp = h + 2 * self.conv.padding, w + 2 * self.conv.padding
+        n, hp, wp = _padded_grid(self.conv, shapes["x"])
+        o, c, k2 = self.conv.out_channels, self.conv.in_channels, _area(self.conv)
         return {"xt": _flat_input(self.conv, shapes), "gt": (o, n * hp * wp), "g_taps": (k2, o, c)}
 
     def prepare(self, grad, ws, /, gout, x):
         xt, gt, g_taps = ws["xt"], ws["gt"], ws["g_taps"]
-        o, c, k2 = self.conv.out_channels, self.conv.in_channels, self.conv.kernel ** 2
+        o, c, k2 = self.conv.out_channels, self.conv.in_channels, _area(self.conv)
         n, _, ho, wo = gout.shape
         hp, wp, offsets, spans = _shifts(self.conv, self.tile, x.shape, gout.shape)
         grid = gt.view(o, n, hp, wp)  # gy on the padded grid, zero where no output is
-        calls = [*flat_padded(x, xt, self.conv.padding),
+        calls = [*flat_padded(x, xt, self.conv.pads()),
                  functools.partial(grid[:, :, :ho, :wo].copy_, gout.transpose(0, 1)),
                  *zeros_outside(grid, (0, ho), (0, wo))]
         for i, (*_, start, columns) in enumerate(spans):
@@ -363,23 +414,33 @@ class ShiftedGradWeight(Kernel):
 
 # ---- stride 1: the input gradient as the mirror conv's forward ---------------------
 
+def _reach(conv: Conv2d) -> tuple[int, int]:
+    """How far past its first pixel a window reads, down and across: (k - 1) * d."""
+    return tuple((k - 1) * d for k, d in zip(conv.kernel, conv.dilation))
+
+
 def mirrorable(conv: Conv2d) -> bool:
-    """Whether gx is a conv of gy: stride 1, and padding within the kernel's reach."""
-    return conv.stride == 1 and conv.padding <= (conv.kernel - 1) * conv.dilation
+    """Whether gx is a conv of gy: stride 1, one group, and padding alike on both sides
+    of each dimension and within the kernel's reach (the mirror's padding is the reach
+    less it)."""
+    top, bottom, left, right = conv.pads()
+    reach_h, reach_w = _reach(conv)
+    return (conv.stride == (1, 1) and conv.groups == 1 and top == bottom and left == right
+            and top <= reach_h and left <= reach_w)
 
 
 def mirror_of(conv: Conv2d, side: str) -> Conv2d:
     """For stride 1: the conv whose forward, with the kernel flipped and transposed,
     maps the output gradient to the input gradient, unfolding ``side``."""
-    reach = (conv.kernel - 1) * conv.dilation
-    return Conv2d(conv.out_channels, conv.in_channels, conv.kernel, padding=reach - conv.padding,
-                  dilation=conv.dilation, bias=False, unfold=side, tile=conv.tile,
-                  keep_columns=False)
+    (reach_h, reach_w), (top, _, left, _) = _reach(conv), conv.pads()
+    return Conv2d(conv.out_channels, conv.in_channels, conv.kernel,
+                  padding=(reach_h - top, reach_w - left), dilation=conv.dilation, bias=False,
+                  unfold=side, tile=conv.tile, keep_columns=False)
 
 
-def _flip_index(o: int, c: int, k: int) -> torch.Tensor:
-    """Positions in the (O, C, k, k) kernel of the (C, O, k, k) flipped one's values."""
-    return torch.arange(o * c * k * k).view(o, c, k, k).transpose(0, 1).flip(2, 3).reshape(-1)
+def _flip_index(o: int, c: int, kh: int, kw: int) -> torch.Tensor:
+    """Positions in the (O, C, kh, kw) kernel of the (C, O, kh, kw) flipped one's values."""
+    return torch.arange(o * c * kh * kw).view(o, c, kh, kw).transpose(0, 1).flip(2, 3).reshape(-1)
 
 
 @attrs.frozen
@@ -391,13 +452,15 @@ class MirrorGradX(Kernel):
     forward: Kernel
 
     def workspace(self, shapes):
-        o, c, k = self.conv.out_channels, self.conv.in_channels, self.conv.kernel
+        o, c = self.conv.out_channels, self.conv.in_channels
         own = self.forward.workspace({"x": shapes["out"], "out": shapes["x"]})
-        return {"w_flip": (c, o, k, k), **{f"mirror_{name}": s for name, s in own.items()}}
+        return {"w_flip": (c, o, *self.conv.kernel),
+                **{f"mirror_{name}": s for name, s in own.items()}}
 
     def prepare(self, grad, ws, /, gout, weight):
-        o, c, k = self.conv.out_channels, self.conv.in_channels, self.conv.kernel
-        flip = constant(f"conv2d flip {o} {c} {k}", lambda: _flip_index(o, c, k), device=weight.device)
+        o, c, (kh, kw) = self.conv.out_channels, self.conv.in_channels, self.conv.kernel
+        flip = constant(f"conv2d flip {o} {c} {kh} {kw}", lambda: _flip_index(o, c, kh, kw),
+                        device=weight.device)
         own = {name[len("mirror_"):]: t for name, t in ws.items() if name.startswith("mirror_")}
         return in_order(functools.partial(torch.index_select, weight.view(-1), 0, flip,
                                           out=ws["w_flip"].view(-1)),

@@ -27,12 +27,7 @@ FRAME = "transpose_frame"  # this op's workspace, kept apart from the mirror's n
 
 def mirror_of(op: ConvTranspose2d) -> Conv2d:
     return Conv2d(op.out_channels, op.in_channels, op.kernel, stride=op.stride,
-                  dilation=op.dilation, bias=False, keep_columns=False)
-
-
-def _frame(op: ConvTranspose2d, x_shape) -> tuple[int, int, int, int]:
-    n, _, h, w = x_shape
-    return (n, op.out_channels, op.frame_size(h), op.frame_size(w))
+                  dilation=op.dilation, groups=op.groups, bias=False, keep_columns=False)
 
 
 @attrs.frozen
@@ -43,7 +38,7 @@ class _OnTheFrame(Kernel):
     mirrored: Kernel
 
     def workspace(self, shapes):
-        frame = _frame(self.op, shapes["x"])
+        frame = self.op.frame_shape(shapes["x"])
         scratch = dict(self.mirrored.workspace({"x": frame, "weight": shapes["weight"],
                                                 "out": shapes["x"]}))
         if self.op.framed():

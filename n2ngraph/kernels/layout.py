@@ -64,27 +64,27 @@ def zeros_outside(plane: torch.Tensor, rows, cols) -> list:
     return [strip.zero_ for strip in strips]
 
 
-def padded(x: torch.Tensor, xpad: torch.Tensor | None, padding: int) -> tuple[torch.Tensor, list]:
+def padded(x: torch.Tensor, xpad: torch.Tensor | None, top: int,
+           left: int) -> tuple[torch.Tensor, list]:
     """The input as windows read it (``xpad`` if given, else ``x``), and the calls that
-    zero-pad ``x`` into ``xpad``."""
+    zero-pad ``x`` into ``xpad``, ``top`` rows and ``left`` columns in."""
     if xpad is None:
         return x, []
-    p = padding
-    return xpad, [xpad.zero_,
-                  functools.partial(xpad[:, :, p:p + x.shape[2], p:p + x.shape[3]].copy_, x)]
+    inside = xpad[:, :, top:top + x.shape[2], left:left + x.shape[3]]
+    return xpad, [xpad.zero_, functools.partial(inside.copy_, x)]
 
 
-def flat_padded(x: torch.Tensor, xt: torch.Tensor, padding: int) -> list:
-    """Calls that write x (N, C, H, W), zero-padded by ``padding``, into the flat
-    channel-major ``xt`` (C, N*Hp*Wp, then any columns past the last sample, which the
-    last taps of a shifted-window conv read beyond it: zeros)."""
+def flat_padded(x: torch.Tensor, xt: torch.Tensor, pads: tuple[int, int, int, int]) -> list:
+    """Calls that write x (N, C, H, W), zero-padded by ``pads`` (top, bottom, left,
+    right), into the flat channel-major ``xt`` (C, N*Hp*Wp, then any columns past the
+    last sample, which the last taps of a shifted-window conv read beyond it: zeros)."""
     n, c, h, w = x.shape
-    p = padding
-    hp, wp = h + 2 * p, w + 2 * p
+    top, bottom, left, right = pads
+    hp, wp = top + h + bottom, left + w + right
     grid = xt[:, :n * hp * wp].view(c, n, hp, wp)
-    copy = functools.partial(grid[:, :, p:p + h, p:p + w].copy_, x.transpose(0, 1))
+    copy = functools.partial(grid[:, :, top:top + h, left:left + w].copy_, x.transpose(0, 1))
     if xt.numel() < ZERO_WHOLE_BELOW:
         return [xt.zero_, copy]
     tail = xt[:, n * hp * wp:]
-    return [copy, *zeros_outside(grid, (p, p + h), (p, p + w)),
+    return [copy, *zeros_outside(grid, (top, top + h), (left, left + w)),
             *([tail.zero_] if tail.shape[1] else [])]

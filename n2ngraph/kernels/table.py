@@ -30,8 +30,10 @@ CONV2D_SIDES = {
     "output": (conv.OutputSideForward, conv.OutputSideGradWeight, conv.OutputSideGradX),
     "none":   (conv.ShiftedForward,    conv.ShiftedGradWeight,    conv.Col2imGradX),
 }
-"""Each side's kernels. With stride 1 and the padding within the kernel's reach, the
-input and no-unfold sides compute grad_x as the mirror conv's forward on the same side."""
+"""Each side's kernels. With stride 1, one group and the padding within the kernel's
+reach and alike on both sides, the input and no-unfold sides compute grad_x as the
+mirror conv's forward on the same side (``conv.mirrorable``). Only the input side runs
+a strided or grouped conv."""
 
 TAP_MIN_CHANNELS = 32
 """``auto`` skips the unfold where both channel counts reach this: each tap's GEMM
@@ -39,7 +41,7 @@ TAP_MIN_CHANNELS = 32
 wins (docs/performance.md, "Why the tuning constants are what they are")."""
 
 AUTO_SIDE = (  # unfold: auto takes the first side whose rule holds
-    ("input", lambda c: c.stride != 1),
+    ("input", lambda c: c.stride != (1, 1) or c.groups != 1),
     ("none", lambda c: min(c.in_channels, c.out_channels) >= TAP_MIN_CHANNELS),
     ("output", lambda c: 2 * c.out_channels <= c.in_channels),  # the conv narrows
     ("input", lambda c: True),

@@ -230,7 +230,7 @@ class AllPhasesForward(Kernel):
         taps = [_tap_view(z, out.shape, t) for t in range(4)]
         first = (functools.partial(by_phase.copy_, taps[0]) if bias is None else
                  functools.partial(torch.add, taps[0], bias.view(1, 1, -1, 1, 1, 1), out=by_phase))
-        return in_order(*flat_padded(x, xt, 1), _all_weights(self.conv, weight, w_all),
+        return in_order(*flat_padded(x, xt, (1, 1, 1, 1)), _all_weights(self.conv, weight, w_all),
                         functools.partial(torch.mm, w_all, xt, out=z), first,
                         *[functools.partial(by_phase.add_, tap) for tap in taps[1:]],
                         *_interleaved(by_phase, out))
@@ -264,7 +264,7 @@ class AllPhasesGradWeight(Kernel):
     def prepare(self, grad, ws, /, gout, x):
         xt, g, gw_all = ws["xt"], ws["g"], ws["gw_all"]
         o, c = self.conv.out_channels, self.conv.in_channels
-        return in_order(*flat_padded(x, xt, 1), *_gathered(gout, g, ws["by_phase"]),
+        return in_order(*flat_padded(x, xt, (1, 1, 1, 1)), *_gathered(gout, g, ws["by_phase"]),
                         functools.partial(torch.mm, g, xt.t(), out=gw_all),
                         functools.partial(torch.mm, gw_all.view(16, o * c).t(), _taps16(grad),
                                           out=grad.view(o * c, 9)))

@@ -87,9 +87,15 @@ class Op:
     def describe(self) -> str:
         """One line for pictures and summaries: the op name and its attributes that
         differ from their defaults."""
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in attrs.fields(type(self))
+        parts = [f"{f.name}={_shown(f, getattr(self, f.name))}" for f in attrs.fields(type(self))
                  if f.default is attrs.NOTHING or getattr(self, f.name) != f.default]
         return self.name + (" " + " ".join(parts) if parts else "")
+
+
+def _shown(field: attrs.Attribute, value) -> str:
+    """An attribute's value as ``describe`` writes it: a size as '3' or '2x3' (no
+    space: a picture wraps a description at its spaces)."""
+    return hxw(value) if field.metadata.get("kind") is Pair else str(value)
 
 
 def in_order(*calls: Callable[[], None]) -> Callable[[], None]:
@@ -144,6 +150,53 @@ def attribute(kind: type, *, default=attrs.NOTHING, minimum=None, choices=None, 
             raise SpecError(f"must be one of {', '.join(choices)}, got {excerpt(value)}", field=field.name)
 
     return attrs.field(default=default, validator=check, metadata={"doc": doc, "kind": kind})
+
+
+Pair = tuple[int, int]
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_pair(value):
+    """A size as torch takes it: an int k is (k, k), a list or tuple of two ints is
+    (h, w); a word (``same``) and anything malformed stay as given, for the validator."""
+    if _integer(value):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_integer, value)):
+        return tuple(value)
+    return value
+
+
+def pair_attribute(*, default=attrs.NOTHING, minimum: int, words=(), doc: str = ""):
+    """An op attribute that is a size along height and width: written as an int (both
+    sides) or a pair ``[h, w]``, stored as a tuple (h, w), so that code reading it
+    never has to ask which form a spec or a caller used; or one of ``words``
+    (``padding: same``), stored as the word. Bad forms fail like ``attribute``'s: a
+    ``SpecError`` naming the attribute."""
+    described = "an integer or a pair [h, w] of integers" + "".join(f" or '{w}'" for w in words)
+
+    def check(_instance, field: attrs.Attribute, value) -> None:
+        if isinstance(value, str) and value in words:
+            return
+        if not (isinstance(value, tuple) and len(value) == 2 and all(map(_integer, value))):
+            raise SpecError(f"expected {described}, got {excerpt(value)}", field=field.name)
+        for side in value:
+            if side < minimum:
+                bound = "positive" if minimum == 1 else f">= {minimum}"
+                raise SpecError(f"must be {bound}, got {excerpt(side)}", field=field.name)
+
+    return attrs.field(default=default, converter=_as_pair, validator=check,
+                       metadata={"doc": doc, "kind": Pair})
+
+
+def hxw(value) -> str:
+    """A size for a label or a message as a spec writes it: (3, 3) as '3', (2, 3) as
+    '2x3', a word as itself."""
+    if not isinstance(value, tuple):
+        return str(value)
+    return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
 
 
 def finite_number(value) -> bool:

@@ -26,14 +26,16 @@ from .conv2d import Conv2d
 
 
 def fusable(conv: Op) -> bool:
-    return (isinstance(conv, Conv2d) and conv.kernel == 3 and conv.stride == 1
-            and conv.padding == 1 and conv.dilation == 1)
+    """A 3x3 conv, stride 1, one zero on every side (``padding: 1`` or ``same``), no
+    dilation, no groups: what the phase kernels compute."""
+    return (isinstance(conv, Conv2d) and conv.kernel == (3, 3) and conv.stride == (1, 1)
+            and conv.pads() == (1, 1, 1, 1) and conv.dilation == (1, 1) and conv.groups == 1)
 
 
 def _check_conv(_instance, _field, conv) -> None:
     if not fusable(conv):
-        raise SpecError(f"upsample_conv2d fuses a 3x3 conv2d with stride 1 and padding 1, "
-                        f"got {excerpt(conv)}", field="conv")
+        raise SpecError(f"upsample_conv2d fuses a 3x3 conv2d with stride 1, padding 1 and "
+                        f"groups 1, got {excerpt(conv)}", field="conv")
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
