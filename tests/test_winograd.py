@@ -49,15 +49,16 @@ def _case(n, c, o, h, w, padding, seed, dtype=torch.float64, with_bias=True):
     x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
     weight = torch.randn(o, c, 3, 3, generator=gen, dtype=dtype)
     bias = torch.randn(o, generator=gen, dtype=dtype) if with_bias else None
-    ho, wo = h + 2 * padding - 2, w + 2 * padding - 2
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
     gout = torch.randn(n, o, ho, wo, generator=gen, dtype=dtype)
     return x, weight, bias, gout
 
 
 @st.composite
 def shapes(draw):
-    padding = draw(st.integers(0, 2))
-    h, w = (draw(st.integers(max(1, 3 - 2 * padding), 14)) for _ in range(2))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))  # (rows, columns)
+    h, w = (draw(st.integers(max(1, 3 - 2 * p), 14)) for p in padding)
     return (draw(st.integers(1, 3)), draw(st.integers(1, 7)), draw(st.integers(1, 7)), h, w, padding)
 
 
@@ -66,7 +67,8 @@ def shapes(draw):
 @given(shape=shapes(), seed=st.integers(0, 2**31 - 1), with_bias=st.booleans())
 def test_winograd_matches_direct_convolution_in_float64(generated, shape, seed, with_bias):
     """Odd sizes (tiles cut by the output's edge), 1-7 channels (none a multiple of a
-    vector width), every padding the mirror conv can take, with and without bias."""
+    vector width), every padding the mirror conv can take, rows and columns apart, with
+    and without bias."""
     n, c, o, h, w, padding = shape
     x, weight, bias, gout = _case(*shape, seed, with_bias=with_bias)
     got = _three(Conv2d(c, o, 3, padding=padding, bias=with_bias), generated, x, weight, bias, gout)
@@ -102,13 +104,23 @@ def test_generated_transforms_read_any_strided_view(one_thread):
             torch.testing.assert_close(mine, reference, rtol=1e-13, atol=1e-13)
 
 
+def test_padding_same_is_winograd_too():
+    """A 3x3 ``padding: same`` conv pads one zero each side: the same conv as padding 1."""
+    x, weight, bias, gout = _case(2, 3, 4, 7, 6, 1, seed=4)
+    got = _three(Conv2d(3, 4, 3, padding="same"), True in GENERATED, x, weight, bias, gout)
+    for mine, want in zip(got, _oracle(x, weight, bias, gout, 1)):
+        torch.testing.assert_close(mine, want, rtol=1e-11, atol=1e-11)
+    assert winograd.applies(Conv2d(32, 32, 3, padding="same"))
+
+
 def test_the_table_chooses_winograd_for_wide_3x3_stride_1_convs_only(monkeypatch):
     monkeypatch.setattr(table, "compiler", build.compiler)
     wide = Conv2d(32, 32, 3, padding=1)
     chosen = kernel_for(wide, "forward")
     others = [Conv2d(32, 32, 3, padding=1, stride=2), Conv2d(32, 32, 3, padding=1, dilation=2),
               Conv2d(3, 32, 3, padding=1), Conv2d(32, 3, 3, padding=1), Conv2d(32, 32, 5, padding=2),
-              Conv2d(32, 32, 3, padding=1, unfold="none")]
+              Conv2d(32, 32, 3, padding=1, unfold="none"), Conv2d(32, 32, 3, padding=1, groups=2),
+              Conv2d(32, 32, (3, 1), padding=1), Conv2d(32, 32, 3, padding=3)]
     if build.compiler() is None:
         assert not isinstance(chosen, winograd.WinogradForward)
         return

@@ -26,16 +26,23 @@ from ..codegen import library
 from ..codegen import winograd as wg
 from ..ops.base import constant, in_order
 from ..ops.conv2d import Conv2d
+from . import conv
 from .base import Kernel
 
 POINTS = wg.IN * wg.IN  # 36 products per tile
 
 
-def applies(conv: Conv2d) -> bool:
-    """Whether F(4x4, 3x3) computes ``conv``: a 3x3 kernel, stride 1, no dilation, and
-    padding the mirror conv can take (so that the input gradient is one too)."""
-    return (conv.kernel == wg.TAPS and conv.stride == 1 and conv.dilation == 1
-            and conv.padding <= wg.TAPS - 1)
+def applies(c: Conv2d) -> bool:
+    """Whether F(4x4, 3x3) computes ``c``: a 3x3 kernel, stride 1, no dilation, one
+    group, and padding the mirror conv takes (alike on both sides, at most 2), so that
+    the input gradient is one too."""
+    return (c.kernel == (wg.TAPS, wg.TAPS) and c.stride == (1, 1) and c.dilation == (1, 1)
+            and conv.mirrorable(c))
+
+
+def _pads(c: Conv2d) -> tuple[int, int]:
+    top, _, left, _ = c.pads()
+    return top, left
 
 
 def tiles(out_shape) -> tuple[int, int]:
@@ -197,7 +204,7 @@ class WinogradForward(Kernel):
     def prepare(self, out, ws, /, x, weight, bias=None):
         o, c = self.conv.out_channels, self.conv.in_channels
         u, v, m = ws["U"], ws["V"], ws["M"]
-        grid, pads = tiles(out.shape), (self.conv.padding, self.conv.padding)
+        grid, pads = tiles(out.shape), _pads(self.conv)
         transforms = _transforms(self.generated, x)
         return in_order(
             functools.partial(torch.mm, _matrix("G x G", wg.G, wg.G, weight),
@@ -227,7 +234,7 @@ class WinogradGradWeight(Kernel):
     def prepare(self, grad, ws, /, gout, x):
         o, c = self.conv.out_channels, self.conv.in_channels
         v, g, du = ws["V"], ws["Gy"], ws["dU"]
-        grid, pads = tiles(gout.shape), (self.conv.padding, self.conv.padding)
+        grid, pads = tiles(gout.shape), _pads(self.conv)
         transforms = _transforms(self.generated, x)
         return in_order(
             *transforms.input(x, v, pads, grid, _unprefixed("in_", ws)),
