@@ -59,3 +59,29 @@ def fails(capsys, argv, *needles) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+def coded_photos(sizes=((40, 50), (64, 33), (32, 32))) -> dict[str, torch.Tensor]:
+    """Photos whose pixels say where they are: channel 0 the row, 1 the column, 2 the
+    photo's number, so any crop can be traced back to its photo and place."""
+    photos = {}
+    for number, (h, w) in enumerate(sizes):
+        rows = torch.arange(h).view(h, 1).expand(h, w)
+        cols = torch.arange(w).view(1, w).expand(h, w)
+        photos[f"p{number}"] = torch.stack([rows, cols, torch.full((h, w), number)]).to(torch.uint8)
+    return photos
+
+
+def trace(crops: torch.Tensor, photos: dict[str, torch.Tensor]) -> list[tuple[int, int, int]]:
+    """(photo number, top, left) of each crop, checking that it is a real window."""
+    sizes = [p.shape[1:] for p in photos.values()]
+    found = []
+    for c in crops.long():
+        number, top, left = c[2, 0, 0].item(), c[0, 0, 0].item(), c[1, 0, 0].item()
+        size = c.shape[-1]
+        assert torch.equal(c[2], torch.full_like(c[2], number))
+        assert torch.equal(c[0], (top + torch.arange(size)).view(size, 1).expand(size, size))
+        assert torch.equal(c[1], (left + torch.arange(size)).view(1, size).expand(size, size))
+        assert top + size <= sizes[number][0] and left + size <= sizes[number][1]
+        found.append((number, top, left))
+    return found

@@ -20,6 +20,8 @@ from n2ngraph.app import data, fileio
 from n2ngraph.app.data import DataError, Noise, parse_noise
 from n2ngraph.app.metrics import psnr, psnr_per_image, psnr_uint8
 
+from helpers import coded_photos, trace
+
 FEW = settings(max_examples=25, deadline=None)
 
 
@@ -29,32 +31,6 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def grey(value: int = 128, size: int = 96) -> torch.Tensor:
     return torch.full((3, size, size), value, dtype=torch.uint8)
-
-
-def coded_photos(sizes=((40, 50), (64, 33), (32, 32))) -> dict[str, torch.Tensor]:
-    """Photos whose pixels say where they are: channel 0 the row, 1 the column, 2 the
-    photo's number, so any crop can be traced back to its photo and place."""
-    photos = {}
-    for number, (h, w) in enumerate(sizes):
-        rows = torch.arange(h).view(h, 1).expand(h, w)
-        cols = torch.arange(w).view(1, w).expand(h, w)
-        photos[f"p{number}"] = torch.stack([rows, cols, torch.full((h, w), number)]).to(torch.uint8)
-    return photos
-
-
-def trace(crops: torch.Tensor, photos: dict[str, torch.Tensor]) -> list[tuple[int, int, int]]:
-    """(photo number, top, left) of each crop, checking that it is a real window."""
-    sizes = [p.shape[1:] for p in photos.values()]
-    found = []
-    for c in crops.long():
-        number, top, left = c[2, 0, 0].item(), c[0, 0, 0].item(), c[1, 0, 0].item()
-        size = c.shape[-1]
-        assert torch.equal(c[2], torch.full_like(c[2], number))
-        assert torch.equal(c[0], (top + torch.arange(size)).view(size, 1).expand(size, size))
-        assert torch.equal(c[1], (left + torch.arange(size)).view(1, size).expand(size, size))
-        assert top + size <= sizes[number][0] and left + size <= sizes[number][1]
-        found.append((number, top, left))
-    return found
 
 
 def no_temp_files(folder) -> bool:
@@ -287,35 +263,6 @@ def test_validation_set_is_fixed_by_seed():
     assert not torch.equal(noisy, clean)
     trace(clean, photos)
     assert not torch.equal(data.validation_set(photos, 40, 16, noise, seed=12)[1], clean)
-
-
-# --------------------------------------------------------------------------- batches
-
-def test_batches_drop_the_partial_batch_and_keep_pairs_together():
-    n = 50_000
-    a = torch.arange(n).view(n, 1)
-    steps = list(data.batches(a, a + 1, 4, gen()))
-    assert len(steps) == 12_500
-    assert all(x.shape == (4, 1) and torch.equal(y, x + 1) for x, y in steps)
-    assert torch.cat([x for x, _ in steps]).flatten().sort().values.equal(torch.arange(n))
-
-    short = list(data.batches(a[:10], a[:10], 4, gen()))
-    assert len(short) == 2  # 10 pairs: 2 batches of 4, the last 2 dropped
-    assert len(set(torch.cat([x for x, _ in short]).flatten().tolist())) == 8
-
-
-def test_batches_shuffle_by_generator():
-    a = torch.arange(100).view(100, 1)
-    order = lambda seed: torch.cat([x for x, _ in data.batches(a, a, 10, gen(seed))])  # noqa: E731
-    assert torch.equal(order(1), order(1))
-    assert not torch.equal(order(1), order(2))
-    assert not torch.equal(order(1), a)
-
-
-@pytest.mark.parametrize("n_a,n_b,batch", [(10, 9, 2), (10, 10, 0), (10, 10, 11)])
-def test_batches_reject_bad_arguments(n_a, n_b, batch):
-    with pytest.raises(ValueError):
-        next(data.batches(torch.zeros(n_a, 1), torch.zeros(n_b, 1), batch, gen()))
 
 
 # --------------------------------------------------------------------------- .pkl pairs

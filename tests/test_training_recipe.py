@@ -377,22 +377,3 @@ def test_command_line_picks_another_optimizer_schedule_and_crop(tmp_path, capsys
     assert main([str(SPEC), "--train", "--run", str(tmp_path / "bad"), "--clip-grad-norm", "-1",
                  *QUICK]) == 2
     assert "--clip-grad-norm" in capsys.readouterr().err
-
-
-def test_pairs_drawn_ahead_are_each_epochs_own():
-    """On a GPU the next epoch's pairs are drawn while this one trains; a resumed run
-    asks for an epoch out of turn and gets that epoch's pairs all the same."""
-    from n2ngraph.app.train import EpochData
-
-    drawn = []
-
-    def make_pairs(epoch):
-        drawn.append(epoch)
-        return torch.full((2,), epoch), torch.full((2,), -epoch)
-
-    with EpochData(make_pairs, ahead=True) as epochs:
-        got = [int(epochs.get(e, last=4)[1][0]) for e in (1, 2, 4)]
-    assert got == [-1, -2, -4]
-    assert drawn[:2] == [1, 2] and 4 in drawn  # 3 was asked for ahead (and maybe cancelled)
-    with EpochData(make_pairs, ahead=False) as epochs:
-        assert int(epochs.get(3, last=4)[0][0]) == 3

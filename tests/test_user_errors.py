@@ -175,7 +175,7 @@ def _run_directory(tmp_path, **changes) -> Path:
     ("epochs", "5"), ("seed", 10**30), ("seed", -1), ("batch", 0), ("batch", 10**6), ("lr", "x"),
     ("lr", 1e400), ("noise", 5), ("noise", "gaussian:1e308"), ("data", 7), ("device", "tpu"),
     ("optimizer", "foo"), ("crop", 1.5), ("val_count", -1), ("augment", "yes"),
-    ("pairs", 10**9),
+    ("pairs", 2**31),
 ], ids=str)
 def test_bad_values_in_a_run_directorys_config(tmp_path, capsys, key, value):
     run = _run_directory(tmp_path, **{key: value})
@@ -199,7 +199,7 @@ def test_a_run_directory_whose_files_are_not_text(tmp_path, capsys):
 @pytest.mark.parametrize("option, value", [
     ("--noise", "gaussian:1e308"), ("--noise", "poisson:1e-300"),
     ("--seed", "99999999999999999999"), ("--seed", "-1"),
-    ("--pairs", "1000000000"), ("--val-count", "1000000000"),
+    ("--val-count", "1000000000"), ("--pairs", "0"),
     ("--crop", "99999999999999999999"), ("--lr", "inf"), ("--clip-grad-norm", "nan"),
 ], ids=str)
 def test_numbers_no_run_can_work_with_are_refused_before_anything_is_made(tmp_path, capsys,
@@ -208,6 +208,15 @@ def test_numbers_no_run_can_work_with_are_refused_before_anything_is_made(tmp_pa
     # given after QUICK, the tested value is the one argparse keeps
     fails(capsys, [SPEC, "--train", "--run", str(run), *QUICK, option, value], option)
     assert not run.exists()
+
+
+def test_an_export_of_more_pairs_than_memory_holds(tmp_path, capsys):
+    """Training streams its pairs; --export holds an epoch's whole: 10^9 pairs of 32x32
+    (5.7 TiB) are refused before anything is made, and train in the memory there is."""
+    fails(capsys, [SPEC, "--export", str(tmp_path / "out"), "--pairs", "1000000000",
+                   "--val-count", "4"], "--pairs 1000000000: an epoch's 1,000,000,000 pairs")
+    assert not (tmp_path / "out").exists()
+    check_memory(TrainConfig.from_spec(ng.load_spec(SPEC), pairs=10**9))
 
 
 def test_a_sweep_with_a_batch_size_of_zero(tmp_path, capsys):
@@ -250,9 +259,10 @@ def test_a_spec_seed_torch_cannot_take(tmp_path):
 
 
 def test_every_seed_allowed_seeds_every_generator_a_run_makes():
-    from n2ngraph.app.train import epoch_generator
+    from n2ngraph.app.pairs import epoch_generator, row_generator
 
-    epoch_generator(MAX_SEED, 2**31 - 1 + 500_000)  # the largest epoch's shuffle
+    epoch_generator(MAX_SEED, 2**31 - 1)  # the largest epoch's shuffle of fixed pairs
+    row_generator(MAX_SEED, 2**31 - 1, 2**31 - 1, 2**31 - 1)  # hashed: any seed, epoch, chunk
     torch.Generator().manual_seed(MAX_SEED * 7919 + 10**6)  # --eval's photo noise
 
 
@@ -267,17 +277,29 @@ def test_noise_levels_are_bounded_to_what_float32_holds():
 
 
 def test_the_memory_check_weighs_pairs_and_validation_crops():
+    """Training holds the chunks in flight (4 of 1,024 pairs of 32x32 here: the clean
+    crops and two views, two more augmented), however many pairs an epoch has; --export
+    holds the epoch's two views as well."""
     spec = ng.load_spec(SPEC)
-    config = TrainConfig.from_spec(spec, pairs=1000, val_count=100, crop=32)
-    pairs, validation = 1000 * 3 * 32 * 32 * 3, 100 * 3 * 32 * 32 * 2
-    check_memory(config, available=pairs + validation)
-    with pytest.raises(SettingError, match="pairs"):
-        check_memory(config, available=pairs + validation - 1)
+    in_flight, crop = 4 * 1024, 3 * 32 * 32
+    validation = 100 * crop * 2
+    for pairs in (1000, 10**5, 10**9):
+        config = TrainConfig.from_spec(spec, pairs=pairs, batch=4, val_count=100, crop=32)
+        held = min(pairs, in_flight) * crop * 3
+        check_memory(config, available=held + validation)
+        with pytest.raises(SettingError, match="pairs"):
+            check_memory(config, available=held + validation - 1)
     with pytest.raises(SettingError, match="val_count"):
         check_memory(config, available=validation - 1)
-    augmented = TrainConfig.from_spec(spec, pairs=1000, val_count=100, crop=32, augment=True)
+    augmented = TrainConfig.from_spec(spec, pairs=10**5, batch=4, val_count=100, crop=32,
+                                      augment=True)
     with pytest.raises(SettingError, match="pairs"):
-        check_memory(augmented, available=pairs + validation)
+        check_memory(augmented, available=in_flight * crop * 3 + validation)
+    export = in_flight * crop * 3 + 10**5 * crop * 2 + validation
+    check_memory(config := TrainConfig.from_spec(spec, pairs=10**5, batch=4, val_count=100,
+                                                 crop=32), available=export, whole_epoch=True)
+    with pytest.raises(SettingError, match="an epoch's 100,000 pairs"):
+        check_memory(config, available=export - 1, whole_epoch=True)
 
 
 @pytest.mark.parametrize("values", [{"seed": True}, {"epochs": 2**31}, {"lr": float("nan")},

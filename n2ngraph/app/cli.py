@@ -177,7 +177,9 @@ def _read_text(path: Path) -> str:
         raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _config(spec: Spec, args, **extra):
+def _config(spec: Spec, args, *, whole_epoch: bool = False, **extra):
+    """The run's settings from the spec and the options (``extra`` overriding them),
+    checked, and checked to fit in memory (with an epoch's pairs held ``whole_epoch``)."""
     from .config import TrainConfig
 
     batch = extra.get("batch") or args.batch or spec.train.batch
@@ -194,7 +196,7 @@ def _config(spec: Spec, args, **extra):
     values.update(extra)
     config = TrainConfig.from_spec(spec, **values)
     try:
-        check_memory(config)
+        check_memory(config, whole_epoch=whole_epoch)
     except SettingError as e:
         raise UsageError(e.option()) from None
     return config
@@ -420,26 +422,33 @@ def do_eval(args) -> int:
 
 def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float, float, str]:
     """(input PSNR, output PSNR, on what) over the photos of folder ``--data``, each whole
-    and noised with its own seed, the output rounded to 8 bits as a saved photo is."""
+    and noised with its own seed, the output rounded to 8 bits as a saved photo is.
+    Memory holds one photo at a time, however many the folder has."""
     from tqdm import tqdm
 
-    from . import data as datasets
+    from .folder import PhotoFolder
+
+    photos = PhotoFolder(args.data, cache_bytes=0)  # every header read, no photo decoded yet
+    scores = []
+    listed = tqdm(photos, total=len(photos), desc="photos", unit="photo", leave=False,
+                  disable=args.no_progress, dynamic_ncols=True)
+    for i, name in enumerate(listed):
+        scores.append(_photo_psnr(model, spec, args, photos[name], noise, seed * 7919 + i, dtype))
+    what = f"{len(scores)} photos in {args.data} (noise {noise}, seed {seed}, full size, 8-bit output)"
+    return (sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores), what)
+
+
+def _photo_psnr(model, spec: Spec, args, clean, noise, seed: int, dtype) -> tuple[float, float]:
+    """(input PSNR, output PSNR) of one photo noised with ``seed``; its copies are let go
+    on return, before the next photo is decoded."""
     from .images import denoise
     from .metrics import psnr
 
-    photos = datasets.load_folder(args.data)
-    before, after = [], []
-    listed = tqdm(sorted(photos.items()), desc="photos", unit="photo", leave=False,
-                  disable=args.no_progress, dynamic_ncols=True)
-    for i, (name, clean) in enumerate(listed):
-        noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed * 7919 + i))
-        out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble,
-                      tile=args.tile)
-        reference = clean[None].double() / 255
-        before.append(psnr(noisy.double() / 255, reference))
-        after.append(psnr(out.double() / 255, reference))
-    what = f"{len(after)} photos in {args.data} (noise {noise}, seed {seed}, full size, 8-bit output)"
-    return sum(before) / len(before), sum(after) / len(after), what
+    noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed))
+    out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble,
+                  tile=args.tile)
+    reference = clean[None].double() / 255
+    return psnr(noisy.double() / 255, reference), psnr(out.double() / 255, reference)
 
 
 def _eval_crops(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[float, float, str]:
@@ -582,14 +591,15 @@ def _sweep_grid(args) -> list[tuple[int, float]]:
 
 def do_export(args) -> int:
     from . import data as datasets
+    from .pairs import whole_epoch
     from .train import prepare_data
 
     spec, _ = _spec(args)
-    config = _config(spec, args)
+    config = _config(spec, args, whole_epoch=True)
     out = Path(args.export)
     targets = _output_files(out, ["train_data.pkl", "val_data.pkl"], "--export")
     data = prepare_data(config)
-    a, b = data.make_pairs(0)
+    a, b = whole_epoch(data.pairs, 0)
     make_directory(out)
     datasets.save_pairs(targets[0], a, b)
     datasets.save_pairs(targets[1], data.val_noisy, data.val_clean)

@@ -7,8 +7,8 @@ always been saved in, beside the spec text (``spec.yaml``) that holds the rest o
 recipe: ``--resume`` rebuilds the same settings from the two.
 
 ``check_settings`` holds every setting to the type and range a run can work with, for
-the command line and for ``config.json`` alike, and ``check_memory`` an epoch's pairs
-to the memory there is, before anything is made or written.
+the command line and for ``config.json`` alike, and ``check_memory`` the pairs and
+validation crops a run holds to the memory there is, before anything is made or written.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from ..compiler.spec import (MAX_SEED, OPTIMIZERS, SCHEDULES, OptimizerSpec, Sch
                              TrainSpec)
 from ..ops.base import finite_number
 from .data import parse_noise, source_kind
+from .pairs import EpochPlan
+from .stream import DEPTH
 
 RECIPE_OVERRIDES = {f.name for f in attrs.fields(TrainSpec)} | {"lr"}
 """What may override the recipe: its fields by name (the optimizer and the schedule
@@ -171,34 +173,43 @@ def check_settings(values: dict) -> None:
             raise SettingError(key, value, problem)
 
 
-def memory_needed(config: TrainConfig) -> tuple[int, int]:
-    """(bytes of an epoch's pairs, bytes of the validation crops), uint8, made whole up
-    front: the clean crops and two noisy views of each (and with ``augment`` the two
-    turned copies); the validation set's noisy and clean crops."""
+def memory_needed(config: TrainConfig, whole_epoch: bool = False) -> tuple[int, int]:
+    """(bytes of pairs held at once, bytes of the validation crops), uint8. Training holds
+    the chunks in flight (stream.DEPTH queued, one drawn, one trained on: pairs.py), at
+    most the clean crops and two noisy views of each (and with ``augment`` the two turned
+    copies), however many pairs an epoch has; ``whole_epoch`` (``--export``) the epoch's
+    two views as well. The validation set's noisy and clean crops are held whole."""
     r = config.recipe
     crop = 3 * r.crop * r.crop
-    pairs = 0 if source_kind(config.data) == "pairs" else r.pairs * crop * (5 if r.augment else 3)
+    if source_kind(config.data) == "pairs":
+        pairs = 0  # the file's own pairs, loaded as they are
+    else:
+        plan = EpochPlan(r.pairs, r.batch, r.crop * r.crop)
+        in_flight = min(r.pairs, plan.steps_per_chunk * r.batch * (DEPTH + 2))
+        pairs = in_flight * crop * (5 if r.augment else 3) + (r.pairs * crop * 2 if whole_epoch else 0)
     return pairs, config.val_count * crop * 2
 
 
-def check_memory(config: TrainConfig, available: int | None = None) -> None:
-    """A SettingError when an epoch's pairs or the validation crops need more memory
-    than there is (``available``, else ``host_available_bytes()``): caught here, before the
-    run directory is made, not by the allocator partway into the first epoch."""
+def check_memory(config: TrainConfig, available: int | None = None,
+                 whole_epoch: bool = False) -> None:
+    """A SettingError when the pairs held at once (``memory_needed``) or the validation
+    crops need more memory than there is (``available``, else ``host_available_bytes()``):
+    caught here, before the run directory is made, not by the allocator partway in."""
     available = host_available_bytes() if available is None else available
     if available is None:
         return
-    pairs, validation = memory_needed(config)
+    pairs, validation = memory_needed(config, whole_epoch)
     r = config.recipe
     if validation > available:
         raise SettingError("val_count", config.val_count,
                            f"{config.val_count:,} validation crops of {r.crop}x{r.crop} need "
                            f"{_size(validation)}, more than the {_size(available)} of memory free")
     if pairs + validation > available:
+        held = f"an epoch's {r.pairs:,} pairs" if whole_epoch else "the pairs drawn ahead"
         raise SettingError("pairs", r.pairs,
-                           f"an epoch's {r.pairs:,} pairs of {r.crop}x{r.crop} crops need "
-                           f"{_size(pairs)}, more than the {_size(available - validation)} of "
-                           f"memory free: fewer pairs, or a smaller crop")
+                           f"{held} of {r.crop}x{r.crop} crops need {_size(pairs)}, more than "
+                           f"the {_size(available - validation)} of memory free: fewer pairs, "
+                           f"or a smaller crop")
 
 
 def _size(n: int) -> str:

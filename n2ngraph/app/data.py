@@ -10,7 +10,8 @@ Sources of photos:
 
 - ``embedded_photos()``: colour photos that ship inside the scikit-image wheel, so a
   fresh machine can train with no download and no data set to find;
-- ``load_photo`` / ``load_folder``: your own photos, through Pillow;
+- ``load_photo`` / ``load_folder``: your own photos, through Pillow (a run reads a
+  folder a photo at a time, through ``folder.PhotoFolder``);
 - ``load_pairs``: the EPFL EE-559 ``.pkl`` files, ``train_data.pkl`` (noisy, noisy) and
   ``val_data.pkl`` (noisy, clean).
 
@@ -30,7 +31,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import attrs
 import numpy as np
@@ -40,8 +41,9 @@ from .fileio import atomic_path
 
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
-    "source_kind", "photo_size", "load_photo", "load_folder", "save_photo", "Noise", "parse_noise",
-    "random_crops", "training_pairs", "augment_pairs", "validation_set", "load_pairs", "save_pairs", "batches",
+    "source_kind", "photo_size", "load_photo", "photo_files", "load_folder", "save_photo",
+    "Noise", "parse_noise", "random_crops", "training_pairs", "augment_pairs", "validation_set",
+    "load_pairs", "save_pairs",
 ]
 
 Tensor = torch.Tensor
@@ -107,7 +109,7 @@ def embedded_split() -> tuple[dict[str, Tensor], dict[str, Tensor]]:
 def source_kind(source: str | os.PathLike | None) -> str:
     """Which data ``source`` (``--data``) names: ``"embedded"`` when none is given
     (scikit-image's photos), ``"pairs"`` for a ``.pkl`` file (the course's pairs),
-    ``"photos"`` for anything else (a folder of photos; ``load_folder`` says so when it is
+    ``"photos"`` for anything else (a folder of photos; ``photo_files`` says so when it is
     not one). Training and evaluation both choose by this one rule."""
     if not source:
         return "embedded"
@@ -203,12 +205,11 @@ def load_photo(path: str | os.PathLike) -> Tensor:
         return _to_rgb(image, path)
 
 
-def load_folder(path: str | os.PathLike) -> dict[str, Tensor]:
-    """All photos directly inside a folder, by file name, in sorted order.
+def photo_files(path: str | os.PathLike) -> list[Path]:
+    """The photo files directly inside a folder, sorted by name.
 
     Not recursive. Hidden files are skipped (macOS leaves ``._x.png`` resource forks
-    next to photos that are not images). A file that fails to load fails the whole
-    call: silently training on fewer photos than you gave is worse than an error."""
+    next to photos that are not images). No photo at all is a DataError."""
     folder = Path(path)
     if not folder.exists():
         raise DataError(folder, "no such folder")
@@ -219,7 +220,16 @@ def load_folder(path: str | os.PathLike) -> dict[str, Tensor]:
                    and not p.name.startswith("."))
     if not files:
         raise DataError(folder, f"no photos in folder (looked for {', '.join(PHOTO_SUFFIXES)})")
-    return {p.name: load_photo(p) for p in files}
+    return files
+
+
+def load_folder(path: str | os.PathLike) -> dict[str, Tensor]:
+    """All photos directly inside a folder (``photo_files``), by file name, decoded at
+    once: for a few photos. Training and ``--eval`` read a folder through
+    ``folder.PhotoFolder``, which decodes one photo at a time. A file that fails to load
+    fails the whole call: silently training on fewer photos than you gave is worse
+    than an error."""
+    return {p.name: load_photo(p) for p in photo_files(path)}
 
 
 def _check_photo(path: Path, photo) -> None:
@@ -358,38 +368,55 @@ def parse_noise(text: str) -> Noise:
 _CHUNK = 4096  # crops noised at a time: keeps the float temporaries near 50 MB
 
 
-def _check_crop(photos: dict[str, Tensor], count: int, crop: int) -> list[str]:
+def photo_shape(photos: Mapping[str, Tensor], name: str) -> tuple[int, ...]:
+    """The shape of photo ``name``: from ``photos.shape_of`` where the mapping has one
+    (a folder.PhotoFolder reads it from the file's header, without decoding), else from
+    the tensor, which must be uint8 ``(3, H, W)``."""
+    shape_of = getattr(photos, "shape_of", None)
+    if shape_of is not None:
+        return tuple(shape_of(name))
+    photo = photos[name]
+    if photo.dtype != torch.uint8 or photo.dim() != 3 or photo.shape[0] != 3:
+        raise DataError(name, f"expected a uint8 (3, H, W) photo, got {_describe(photo)}")
+    return tuple(photo.shape)
+
+
+def check_crop(photos: Mapping[str, Tensor], count: int, crop: int) -> list[str]:
+    """The sorted names of ``photos``, each checked to hold a ``crop`` x ``crop`` crop,
+    without decoding a lazy folder's photos. Sorted: the draw depends on the seed, not
+    on dict order."""
     if not photos:
         raise ValueError("no photos to crop from")
     if count < 0 or crop < 1:
         raise ValueError(f"need count >= 0 and crop >= 1, got count={count}, crop={crop}")
-    for name, photo in photos.items():
-        if photo.dtype != torch.uint8 or photo.dim() != 3 or photo.shape[0] != 3:
-            raise DataError(name, f"expected a uint8 (3, H, W) photo, got {_describe(photo)}")
-        if min(photo.shape[1:]) < crop:
-            raise DataError(name, f"photo is {photo.shape[1]}x{photo.shape[2]}, "
+    for name in photos:
+        shape = photo_shape(photos, name)
+        if min(shape[1:]) < crop:
+            raise DataError(name, f"photo is {shape[1]}x{shape[2]}, "
                                   f"smaller than the {crop}x{crop} crop")
-    return sorted(photos)  # sorted: the draw depends on the seed, not on dict order
+    return sorted(photos)
 
 
-def random_crops(photos: dict[str, Tensor], count: int, crop: int,
+def random_crops(photos: Mapping[str, Tensor], count: int, crop: int,
                  generator: torch.Generator) -> Tensor:
     """``count`` clean uint8 ``(count, 3, crop, crop)`` crops at uniform random places.
 
     Each crop picks its photo uniformly, not by area: by area, the 1411x1411 retina
     (mostly black border) would supply half of all embedded training crops, and one big
-    photo in a user's folder would drown the rest."""
-    names = _check_crop(photos, count, crop)
+    photo in a user's folder would drown the rest. The photos are looked up one at a
+    time, so a lazy ``photos`` (folder.PhotoFolder) decodes one photo at a time."""
+    names = check_crop(photos, count, crop)
     which = torch.randint(len(names), (count,), generator=generator)
     where = torch.rand((count, 2), generator=generator, dtype=torch.float64)
     out = torch.empty((count, 3, crop, crop), dtype=torch.uint8)
     for i, name in enumerate(names):
         rows = (which == i).nonzero().squeeze(1)
-        out[rows] = _crops_of(photos[name], crop, where[rows])
+        if len(rows):  # a photo no crop chose is not decoded
+            out[rows] = crops_of(photos[name], crop, where[rows])
     return out
 
 
-def _crops_of(photo: Tensor, crop: int, where: Tensor) -> Tensor:
+def crops_of(photo: Tensor, crop: int, where: Tensor) -> Tensor:
     """Gather crops at fractional positions ``where`` (k, 2) in [0, 1) in one indexing op
     on the photo's (free, strided) view of all its crop windows."""
     spans = torch.tensor([photo.shape[1] - crop + 1, photo.shape[2] - crop + 1])
@@ -398,7 +425,7 @@ def _crops_of(photo: Tensor, crop: int, where: Tensor) -> Tensor:
     return windows[:, top_left[:, 0], top_left[:, 1]].transpose(0, 1)
 
 
-def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Noise | str,
+def training_pairs(photos: Mapping[str, Tensor], count: int, crop: int, noise: Noise | str,
                    generator: torch.Generator, augment: bool = False) -> tuple[Tensor, Tensor]:
     """``(a, b)``: ``count`` random clean crops, each noised twice, independently.
 
@@ -407,10 +434,12 @@ def training_pairs(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
     ``(count, 3, crop, crop)``. The clean crops are the ones ``random_crops`` draws
     first from the same generator state. ``noise`` may be a string for parse_noise.
     ``augment`` then turns each pair by ``augment_pairs``, drawing from the generator
-    after everything else, so the pairs without it are unchanged."""
+    after everything else, so the pairs without it are unchanged. All ``count`` at once,
+    from one generator: a training run draws its pairs a chunk at a time instead, with a
+    generator per chunk and row (pairs.PhotoPairs), in the same order of draws."""
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     clean = random_crops(photos, count, crop, generator)
-    a, b = _noisy_views(clean, noise, generator, views=2)
+    a, b = noisy_views(clean, noise, generator, views=2)
     if augment:
         return augment_pairs(a, b, generator)
     return a, b
@@ -448,7 +477,7 @@ def _symmetry(x: Tensor, k: int) -> Tensor:
     return x
 
 
-def validation_set(photos: dict[str, Tensor], count: int, crop: int, noise: Noise | str,
+def validation_set(photos: Mapping[str, Tensor], count: int, crop: int, noise: Noise | str,
                    seed: int) -> tuple[Tensor, Tensor]:
     """``(noisy, clean)`` crops fixed by ``seed``: the same set on every run, so PSNR is
     comparable across runs and epochs. Its own generator, so it does not shift the
@@ -456,12 +485,12 @@ def validation_set(photos: dict[str, Tensor], count: int, crop: int, noise: Nois
     noise = parse_noise(noise) if isinstance(noise, str) else noise
     generator = torch.Generator().manual_seed(seed)
     clean = random_crops(photos, count, crop, generator)
-    noisy = _noisy_views(clean, noise, generator, views=1)[0]
+    noisy = noisy_views(clean, noise, generator, views=1)[0]
     return noisy, clean
 
 
-def _noisy_views(clean: Tensor, noise: Noise, generator: torch.Generator,
-                 views: int) -> list[Tensor]:
+def noisy_views(clean: Tensor, noise: Noise, generator: torch.Generator,
+                views: int) -> list[Tensor]:
     """``views`` independent noisy copies of the crops ``clean``, noised ``_CHUNK`` crops
     at a time, every view of a chunk before the next chunk: that order of draws from
     ``generator`` is what a seed has always given."""
@@ -471,24 +500,6 @@ def _noisy_views(clean: Tensor, noise: Noise, generator: torch.Generator,
         for view in noisy:
             view[part] = noise.apply(clean[part], generator)
     return noisy
-
-
-def batches(a: Tensor, b: Tensor, batch: int,
-            generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of shuffled ``(a[i], b[i])`` batches, the pairs kept together.
-
-    The last partial batch is dropped: a program is compiled and memory-planned for one
-    batch shape, so every step has exactly ``batch`` pairs (and 50,000 pairs with batch
-    4 give 12,500 steps, as in the course). Over epochs each pair is still used about
-    equally, since the shuffle differs each time."""
-    if len(a) != len(b):
-        raise ValueError(f"a and b differ in length: {len(a)} vs {len(b)}")
-    if batch < 1 or batch > len(a):
-        raise ValueError(f"batch must be in 1..{len(a)} (the number of pairs), got {batch}")
-    order = torch.randperm(len(a), generator=generator)
-    for start in range(0, len(a) - batch + 1, batch):
-        rows = order[start:start + batch]
-        yield a.index_select(0, rows), b.index_select(0, rows)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,24 +15,23 @@ first step: a run killed at any moment resumes. ``last.safetensors`` is the trut
 ``metrics.csv`` is written from it after it is saved (and again on resume), so a kill
 between the two never repeats or loses an epoch's row.
 
-Every epoch's data and order are derived from (seed, epoch) alone, and every step's
-learning rate from its index (optim.learning_rate), so resuming from a checkpoint that
-records (epoch, step) and the optimizer's buffers regenerates the same batches and rates
-and continues bit-identically: no random-generator or scheduler state has to be saved.
+Every chunk of an epoch's batches is derived from (seed, epoch, chunk) alone (pairs.py;
+a background thread draws them ahead, stream.py), and every step's learning rate from
+its index (optim.learning_rate), so resuming from a checkpoint that records (epoch,
+step) and the optimizer's buffers regenerates the same batches and rates and continues
+bit-identically: no random-generator or scheduler state has to be saved.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Mapping
 
 import attrs
 import torch
@@ -46,22 +45,23 @@ from .checkpoint import (CheckpointError, check_loadable, check_params_fit, load
 from .config import TrainConfig
 from .fileio import (DirectoryBusy, created_whole, fault_point, lock_directory,
                      remove_stale_temps, write_atomic)
+from .folder import PhotoFolder
 from .images import self_ensemble
 from .metrics import psnr
+from .pairs import EpochPlan, FixedPairs, PhotoPairs
+from .stream import BatchStream
 
 
 @attrs.frozen
 class Data:
-    """What a run trains and validates on."""
+    """What a run trains and validates on: ``pairs``, a source whose ``draw(epoch, chunk)``
+    gives the pairs of a chunk of an epoch (pairs.PhotoPairs, pairs.FixedPairs), and the
+    validation crops, uint8, held whole (``val_count`` of them)."""
 
-    make_pairs: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # epoch -> (a, b) uint8
+    pairs: PhotoPairs | FixedPairs
     val_noisy: torch.Tensor
     val_clean: torch.Tensor
     description: str
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def held_out(names: list[str]) -> list[str]:
@@ -79,34 +79,31 @@ def prepare_data(config: TrainConfig) -> Data:
     r = config.recipe
     train, val, where = _photos(config.data)
     val_noisy, val_clean = datasets.validation_set(val, config.val_count, r.crop, noise, r.seed)
-
-    def make_pairs(epoch: int):
-        return datasets.training_pairs(train, r.pairs, r.crop, noise,
-                                       epoch_generator(r.seed, epoch), augment=r.augment)
-
-    return Data(make_pairs, val_noisy, val_clean,
+    plan = EpochPlan(r.pairs, r.batch, r.crop * r.crop)
+    pairs = PhotoPairs(train, plan, r.crop, noise, r.seed, augment=r.augment)
+    return Data(pairs, val_noisy, val_clean,
                 f"{r.pairs} fresh {r.crop}x{r.crop} pairs per epoch from {where}, "
                 f"noise {noise}{', augmented by flips and rotations' if r.augment else ''}; "
                 f"validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
 
 
-def _photos(source: str | None) -> tuple[dict, dict, str]:
+def _photos(source: str | None) -> tuple[Mapping, Mapping, str]:
     """(training photos, validation photos, where from): scikit-image's photos split by
-    image, or a folder's split by ``held_out``."""
+    image, or a folder's split by ``held_out``, read a photo at a time (folder.PhotoFolder)."""
     if datasets.source_kind(source) == "embedded":
         train, val = datasets.embedded_split()
         return train, val, "scikit-image's photos"
-    photos = datasets.load_folder(source)
-    names = sorted(photos)
+    photos = PhotoFolder(source)
+    names = list(photos)
     val_names = held_out(names)
-    train = {k: photos[k] for k in names if k not in val_names or len(names) == 1}
-    val = {k: photos[k] for k in val_names}
+    train = photos.subset([k for k in names if k not in val_names or len(names) == 1])
+    val = photos.subset(val_names)
     return train, val, f"{len(train)} of the {len(names)} photos in {source}"
 
 
 def _fixed_pairs(config: TrainConfig, noise: datasets.Noise) -> Data:
-    """The course's pairs, the same every epoch (turned anew by ``augment``); validation
-    on the val_data.pkl beside them, or else on crops of scikit-image's photos."""
+    """The course's pairs, in a new order every epoch (turned anew by ``augment``);
+    validation on the val_data.pkl beside them, or else on crops of scikit-image's photos."""
     r, source = config.recipe, config.data
     a, b = datasets.load_pairs(source)
     val_path = Path(source).with_name("val_data.pkl")
@@ -117,13 +114,11 @@ def _fixed_pairs(config: TrainConfig, noise: datasets.Noise) -> Data:
         val_noisy, val_clean = datasets.validation_set(val, config.val_count, a.shape[-1],
                                                        noise, r.seed)
     count = min(r.pairs, a.shape[0])
-
-    def fixed_pairs(epoch: int):
-        if not r.augment:
-            return a[:count], b[:count]
-        return datasets.augment_pairs(a[:count], b[:count], epoch_generator(r.seed, epoch))
-
-    return Data(fixed_pairs, val_noisy, val_clean,
+    if r.batch > count:
+        raise datasets.DataError(source, f"holds {count} pairs, fewer than a batch of {r.batch}")
+    pairs = FixedPairs(a, b, EpochPlan(count, r.batch, a.shape[-2] * a.shape[-1]), r.seed,
+                       augment=r.augment)
+    return Data(pairs, val_noisy, val_clean,
                 f"{count} pairs from {source}{', augmented' if r.augment else ''}")
 
 
@@ -189,37 +184,6 @@ class StopRequests:
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
-
-
-class EpochData:
-    """An epoch's pairs (``make_pairs(epoch)``), with the next epoch's drawn in a
-    background thread while this one trains when ``ahead``: on a GPU the CPU would
-    otherwise leave it idle while it crops and noises. Each epoch's pairs depend on the
-    epoch alone, so drawing them early changes nothing."""
-
-    def __init__(self, make_pairs: Callable[[int], tuple], ahead: bool):
-        self.make_pairs = make_pairs
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="n2ngraph-data") if ahead else None
-        self.pending: tuple[int, Future] | None = None
-
-    def get(self, epoch: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pending is not None and self.pending[0] == epoch:
-            pairs = self.pending[1].result()
-        else:
-            if self.pending is not None:  # drawn ahead for an epoch not asked for
-                self.pending[1].cancel()
-            pairs = self.make_pairs(epoch)
-        self.pending = None
-        if self.pool is not None and epoch < last:
-            self.pending = (epoch + 1, self.pool.submit(self.make_pairs, epoch + 1))
-        return pairs
-
-    def __enter__(self) -> "EpochData":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RunDirectoryError(Exception):
@@ -401,25 +365,23 @@ class Run:
         return False
 
     def _train(self, data: Data, max_steps: int | None, progress: bool, stop: "StopRequests") -> bool:
-        with EpochData(data.make_pairs, ahead=torch.device(self.config.device).type != "cpu") as epochs:
-            return self._epochs(epochs, data, max_steps, progress, stop)
+        with BatchStream(data.pairs, self.config.recipe.epochs) as batches:
+            return self._epochs(batches, data, max_steps, progress, stop)
 
-    def _epochs(self, epochs: EpochData, data: Data, max_steps: int | None, progress: bool,
+    def _epochs(self, batches: BatchStream, data: Data, max_steps: int | None, progress: bool,
                 stop: "StopRequests") -> bool:
         from tqdm import tqdm
 
         r = self.config.recipe
         steps_done = 0
         while self.epoch < r.epochs:
-            a, b = epochs.get(self.epoch, last=r.epochs - 1)
-            shuffle = epoch_generator(r.seed, self.epoch + 500_000)
-            per_epoch, first_step = len(a) // r.batch, self.step
-            stream = itertools.islice(datasets.batches(a, b, r.batch, shuffle), self.step, None)
+            per_epoch, first_step = data.pairs.plan.steps, self.step
+            stream = batches.epoch(self.epoch, self.step)
             started = time.perf_counter()
             bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{r.epochs}",
                        unit="step", disable=not progress, leave=False, dynamic_ncols=True)
             with bar:
-                for batch_a, batch_b in stream:
+                for batch_a, batch_b in self._saved_on_data_error(stream):
                     self._step(batch_a, batch_b, per_epoch)
                     fault_point("step")
                     bar.update(1)
@@ -439,6 +401,20 @@ class Run:
             if stop.requested and self.epoch < r.epochs:
                 return self._stop(stop)
         return True
+
+    def _saved_on_data_error(self, batches):
+        """The batches; a DataError drawing them (a photo that no longer decodes: the
+        headers alone were read at the start) saves the run where it stands first, so no
+        step is lost, and says how to continue."""
+        try:
+            yield from batches
+        except datasets.DataError as e:
+            self._check_state()
+            self.save("last.safetensors")
+            raise datasets.DataError(e.file, f"{e.problem}; saved {self.dir / 'last.safetensors'} "
+                                             f"at epoch {self.epoch + 1}, step {self.step}: "
+                                             f"repair the file, then continue with --resume "
+                                             f"{self.dir}") from None
 
     def _step(self, batch_a: torch.Tensor, batch_b: torch.Tensor, per_epoch: int) -> None:
         """One update, at the learning rate of its index in the run (optim.learning_rate)."""
