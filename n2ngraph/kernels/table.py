@@ -7,8 +7,9 @@ a rule to ``AUTO_SIDE`` if ``unfold: auto`` should ever pick it.
 
 With ``codegen`` (the default, on a CPU with a C compiler), a conv that Winograd
 F(4x4, 3x3) computes and that is wide enough (``WINOGRAD_MIN_CHANNELS``) runs by
-Winograd, its transforms generated C (``winograd.py``); ``--no-codegen`` gives exactly
-the GEMM kernels below.
+Winograd, its transforms generated C (``winograd.py``), and leaky ReLU and max pooling
+run as one generated loop each (``pointwise.py``); ``--no-codegen`` gives exactly the
+tensor-op kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..ops.conv2d import Conv2d
 from ..ops.conv_transpose import ConvTranspose2d
 from ..ops.upsample_conv import UpsampleConv2d
 from ..codegen import compiler
-from . import conv, conv_transpose, upsample_conv, winograd
+from . import conv, conv_transpose, pointwise, upsample_conv, winograd
 from .base import Kernel, OpKernel
 
 #  unfold      forward                grad_weight                grad_x, where gy has no mirror conv
@@ -150,8 +151,18 @@ def upsample_conv_kernel(op: UpsampleConv2d, method: str, on_gpu: bool = False,
     return kernel_class(op.conv, _conv2d(phase, method, _tile(op.conv.tile, on_gpu)))
 
 
+def generated_or_own(op: Op, method: str, on_gpu: bool = False, codegen: bool = False) -> Kernel:
+    """The generated one-pass kernel of a memory-bound op where codegen runs, else the
+    op's own method (``pointwise.py``)."""
+    if codegen and not on_gpu:
+        pointwise.build()  # here, while the plan is made: a compile error comes before any step
+        return pointwise.GENERATED[type(op)](op, method)
+    return OpKernel(op, method)
+
+
 CHOOSERS = {Conv2d: conv2d_kernel, ConvTranspose2d: conv_transpose_kernel,
-            UpsampleConv2d: upsample_conv_kernel}
+            UpsampleConv2d: upsample_conv_kernel,
+            **{op: generated_or_own for op in pointwise.GENERATED}}
 
 
 def kernel_for(op: Op, method: str, device: torch.device | str = "cpu",

@@ -1,0 +1,104 @@
+"""Generated one-pass kernels for leaky ReLU and max pooling (``codegen/pointwise.py``).
+
+Both ops' own kernels (``ops/activations.py``, ``ops/pool.py``) are tensor-op passes:
+leaky ReLU's forward a product and a maximum, its backward three ops; max pooling k*k
+strided passes forward and several per tap backward. Here each is one C loop with no
+scratch tensor, and gives torch's results bit for bit (tested; the ops' own kernels
+too, except that their pool gradient sums overlapping windows tap by tap, not window
+by window as torch does, and their leaky ReLU gradient for a slope over 1 at NaN). The
+table picks them on a CPU with codegen; the ops' own kernels are the fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import attrs
+import torch
+
+from ..codegen import library
+from ..codegen import pointwise as source
+from ..ops.activations import LeakyRelu
+from ..ops.pool import MaxPool2d
+from .base import Kernel
+
+_C_TYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def build() -> None:
+    """Builds (or loads from the disk cache) the generated kernels, or raises
+    ``CodegenError`` saying why not."""
+    _functions()
+
+
+@functools.cache
+def _functions():
+    lib = library("pointwise", source.source())
+    i64, ptr, threads = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    found = {}
+    for dtype, suffix in _C_TYPES.items():
+        scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+        signatures = {"leaky_forward": [ptr, ptr, i64, scalar, threads],
+                      "leaky_backward": [ptr, ptr, ptr, i64, scalar, threads],
+                      "maxpool_forward": [ptr, ptr] + [i64] * 8 + [threads],
+                      "maxpool_backward": [ptr, ptr, ptr, ptr] + [i64] * 8 + [threads]}
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
+            found[name, dtype] = fn
+    return found
+
+
+def _bound(name: str, *tensors: torch.Tensor):
+    """The generated function ``name`` for these tensors' dtype, after checking that
+    they are what it reads: contiguous CPU float32 or float64 (the executor's are)."""
+    dtype = tensors[0].dtype
+    if dtype not in _C_TYPES or any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype
+                                    for t in tensors):
+        raise ValueError(f"the generated {name} runs on contiguous CPU float32 or float64 tensors")
+    return _functions()[name, dtype]
+
+
+def _call(fn, *args):
+    return lambda: fn(*args, torch.get_num_threads())
+
+
+@attrs.frozen
+class GeneratedLeakyRelu(Kernel):
+    op: LeakyRelu
+    method: str  # forward or grad_x
+
+    def prepare(self, result, ws, /, **tensors):
+        slope = float(self.op.negative_slope)
+        if self.method == "forward":
+            x = tensors["x"]
+            return _call(_bound("leaky_forward", x, result), x.data_ptr(), result.data_ptr(),
+                         result.numel(), slope)
+        gout, out = tensors["gout"], tensors["out"]
+        return _call(_bound("leaky_backward", gout, out, result), gout.data_ptr(), out.data_ptr(),
+                     result.data_ptr(), result.numel(), slope)
+
+
+@attrs.frozen
+class GeneratedMaxPool(Kernel):
+    op: MaxPool2d
+    method: str  # forward or grad_x
+
+    def prepare(self, result, ws, /, **tensors):
+        x = tensors["x"]
+        n, c, h, w = x.shape
+        window = (self.op.kernel, self.op.stride, self.op.padding)
+        if self.method == "forward":
+            ho, wo = result.shape[2:]
+            return _call(_bound("maxpool_forward", x, result), x.data_ptr(), result.data_ptr(),
+                         n * c, h, w, ho, wo, *window)
+        gout, out = tensors["gout"], tensors["out"]
+        ho, wo = out.shape[2:]
+        fn = _bound("maxpool_backward", gout, x, out, result)
+        return _call(fn, gout.data_ptr(), x.data_ptr(), out.data_ptr(), result.data_ptr(),
+                     n * c, h, w, ho, wo, *window)
+
+
+GENERATED = {LeakyRelu: GeneratedLeakyRelu, MaxPool2d: GeneratedMaxPool}
+"""The ops with a generated kernel, for every computation they have."""
