@@ -52,7 +52,7 @@ WINOGRAD_MIN_CHANNELS = 16
 """``unfold: auto`` runs a 3x3 stride-1 conv by Winograd where both channel counts reach
 this. With 32 or more, each of its kernels took 0.5-0.8x the time of the best GEMM
 kernel; with 3 on one side, 1.1-1.6x: the 36 products are then too thin to pay for the
-transforms (docs/performance.md, "Winograd")."""
+transforms (docs/performance.md, "Generated kernels"; ``tools/bench_convs``)."""
 
 GPU_TILE = 2**30
 """A conv's tile on a GPU: more pixels than any batch holds, so one tile. The CPU tiles
