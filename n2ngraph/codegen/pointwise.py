@@ -7,7 +7,8 @@
   dropped, as the shape rule says), forward ``y = max over the window's real cells``,
   scanned in row-major order with a strict ``>`` (NaN wins and stays), as torch's kernel;
   backward: each window's gradient to its first cell equal to ``y``, where the tensor-op
-  kernel makes k*k strided passes of several ops each.
+  kernel makes k*k strided passes of several ops each. A library per (k, s, p): the
+  window's taps are unrolled, and without padding carry no bounds checks.
 
 Every tensor is contiguous (the executor's buffers are); planes (n, c) run in parallel.
 The element type is a macro, so one template serves float (``_f32``) and double (``_f64``).
@@ -36,8 +37,11 @@ void leaky_backward_{S}(const T* g, const T* y, T* gx, I n, T slope, int threads
     gx[i] = y[i] > 0 ? g[i] : g[i] * slope;
 }}
 
-void maxpool_forward_{S}(const T* x, T* y, I planes, I H, I W, I Ho, I Wo,
-                         I k, I s, I p, int threads)
+"""
+
+
+_POOL = """\
+void maxpool_forward_{S}(const T* x, T* y, I planes, I H, I W, I Ho, I Wo, int threads)
 {{
   #pragma omp parallel for schedule(static) num_threads(threads) if(planes * Ho * Wo >= {PARALLEL})
   for (I q = 0; q < planes; q++) {{
@@ -46,55 +50,71 @@ void maxpool_forward_{S}(const T* x, T* y, I planes, I H, I W, I Ho, I Wo,
     for (I oh = 0; oh < Ho; oh++)
       for (I ow = 0; ow < Wo; ow++) {{
         T m = -INFINITY;
-        for (I i = 0; i < k; i++) {{
-          const I h = oh * s - p + i;
-          if (h < 0 || h >= H) continue;
-          for (I j = 0; j < k; j++) {{
-            const I w = ow * s - p + j;
-            if (w < 0 || w >= W) continue;
-            const T v = in[h * W + w];
-            if (v > m || v != v) m = v;
-          }}
-        }}
+{SCAN_MAX}
         out[oh * Wo + ow] = m;
       }}
   }}
 }}
 
 void maxpool_backward_{S}(const T* g, const T* x, const T* y, T* gx, I planes, I H, I W,
-                          I Ho, I Wo, I k, I s, I p, int threads)
+                          I Ho, I Wo, int threads)
 {{
   #pragma omp parallel for schedule(static) num_threads(threads) if(planes * H * W >= {PARALLEL})
   for (I q = 0; q < planes; q++) {{
     const T* in = x + q * H * W;
-    const T* out = y + q * Ho * Wo;
     const T* grad = g + q * Ho * Wo;
     T* target = gx + q * H * W;
     for (I e = 0; e < H * W; e++) target[e] = 0;
     for (I oh = 0; oh < Ho; oh++)
       for (I ow = 0; ow < Wo; ow++) {{
-        const T m = out[oh * Wo + ow];
-        int found = 0;
-        for (I i = 0; i < k && !found; i++) {{
-          const I h = oh * s - p + i;
-          if (h < 0 || h >= H) continue;
-          for (I j = 0; j < k; j++) {{
-            const I w = ow * s - p + j;
-            if (w < 0 || w >= W || in[h * W + w] != m) continue;
-            target[h * W + w] += grad[oh * Wo + ow];
-            found = 1;
-            break;
-          }}
-        }}
+        const T m = y[q * Ho * Wo + oh * Wo + ow];
+        const T d = grad[oh * Wo + ow];
+{SCAN_FIRST}
       }}
   }}
 }}
 """
 
 
-def source() -> str:
-    """The C source of the four kernels, for float (``_f32``) and double (``_f64``)."""
-    head = "#include <stdint.h>\n#include <math.h>\ntypedef int64_t I;\n"
-    body = "".join(f"#define T {c_type}\n" + _TEMPLATE.format(S=suffix, PARALLEL=PARALLEL_FROM)
+def _taps(kernel: int, stride: int, padding: int) -> list[tuple[str, str]]:
+    """For each tap of a window in row-major order: the C condition that it lies on the
+    input (empty where the padding is 0 and every tap does), and its index in a plane."""
+    taps = []
+    for i in range(kernel):
+        for j in range(kernel):
+            h, w = f"(oh * {stride} + {i - padding})", f"(ow * {stride} + {j - padding})"
+            inside = f"{h} >= 0 && {h} < H && {w} >= 0 && {w} < W" if padding else ""
+            taps.append((inside, f"{h} * W + {w}"))
+    return taps
+
+
+def _pool(kernel: int, stride: int, padding: int) -> tuple[str, str]:
+    """The window's scans, unrolled for this kernel, stride and padding: the maximum
+    (strict ``>``, NaN wins), and the gradient to the first cell equal to it."""
+    scan_max, scan_first = [], []
+    for inside, index in _taps(kernel, stride, padding):
+        guard = f"if ({inside}) " if inside else ""
+        scan_max.append(f"{guard}{{ const T v = in[{index}]; m = (v > m || v != v) ? v : m; }}")
+        scan_first.append(f"{guard}if (in[{index}] == m) {{ target[{index}] += d; continue; }}")
+    indent = " " * 8
+    return "\n".join(indent + line for line in scan_max), "\n".join(indent + line for line in scan_first)
+
+
+def _typed(template: str, **fields) -> str:
+    return "".join(f"#define T {c_type}\n" + template.format(S=suffix, PARALLEL=PARALLEL_FROM, **fields)
                    + "#undef T\n" for suffix, c_type in (("f32", "float"), ("f64", "double")))
-    return head + body
+
+
+_HEAD = "#include <stdint.h>\n#include <math.h>\ntypedef int64_t I;\n"
+
+
+def source() -> str:
+    """The C source of the leaky ReLU kernels, for float (``_f32``) and double (``_f64``)."""
+    return _HEAD + _typed(_TEMPLATE)
+
+
+def pool_source(kernel: int, stride: int, padding: int) -> str:
+    """The C source of max pooling with this kernel, stride and padding, the window's
+    taps unrolled (and, without padding, no bounds checks: every tap is inside)."""
+    scan_max, scan_first = _pool(kernel, stride, padding)
+    return _HEAD + _typed(_POOL, SCAN_MAX=scan_max, SCAN_FIRST=scan_first)

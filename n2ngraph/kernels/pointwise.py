@@ -26,38 +26,47 @@ from .base import Kernel
 _C_TYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def build() -> None:
-    """Builds (or loads from the disk cache) the generated kernels, or raises
+def build(op) -> None:
+    """Builds (or loads from the disk cache) the generated kernels of ``op``, or raises
     ``CodegenError`` saying why not."""
-    _functions()
+    _functions(*_window(op))
+
+
+def _window(op) -> tuple:
+    """What a library is generated for: a max pool's kernel, stride and padding; none
+    for leaky ReLU, whose slope is an argument."""
+    return (op.kernel, op.stride, op.padding) if isinstance(op, MaxPool2d) else ()
 
 
 @functools.cache
-def _functions():
-    lib = library("pointwise", source.source())
+def _functions(*window: int):
     i64, ptr, threads = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    if window:
+        lib = library("maxpool-k{}s{}p{}".format(*window), source.pool_source(*window))
+        signatures = {"maxpool_forward": [ptr, ptr] + [i64] * 5 + [threads],
+                      "maxpool_backward": [ptr, ptr, ptr, ptr] + [i64] * 5 + [threads]}
+    else:
+        lib = library("pointwise", source.source())
+        signatures = {"leaky_forward": [ptr, ptr, i64, None, threads],
+                      "leaky_backward": [ptr, ptr, ptr, i64, None, threads]}
     found = {}
     for dtype, suffix in _C_TYPES.items():
         scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-        signatures = {"leaky_forward": [ptr, ptr, i64, scalar, threads],
-                      "leaky_backward": [ptr, ptr, ptr, i64, scalar, threads],
-                      "maxpool_forward": [ptr, ptr] + [i64] * 8 + [threads],
-                      "maxpool_backward": [ptr, ptr, ptr, ptr] + [i64] * 8 + [threads]}
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = argtypes, None
+            fn.argtypes, fn.restype = [scalar if a is None else a for a in argtypes], None
             found[name, dtype] = fn
     return found
 
 
-def _bound(name: str, *tensors: torch.Tensor):
-    """The generated function ``name`` for these tensors' dtype, after checking that
-    they are what it reads: contiguous CPU float32 or float64 (the executor's are)."""
+def _bound(name: str, op, *tensors: torch.Tensor):
+    """The generated function ``name`` of ``op`` for these tensors' dtype, after checking
+    that they are what it reads: contiguous CPU float32 or float64 (the executor's are)."""
     dtype = tensors[0].dtype
     if dtype not in _C_TYPES or any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype
                                     for t in tensors):
         raise ValueError(f"the generated {name} runs on contiguous CPU float32 or float64 tensors")
-    return _functions()[name, dtype]
+    return _functions(*_window(op))[name, dtype]
 
 
 def _call(fn, *args):
@@ -73,10 +82,10 @@ class GeneratedLeakyRelu(Kernel):
         slope = float(self.op.negative_slope)
         if self.method == "forward":
             x = tensors["x"]
-            return _call(_bound("leaky_forward", x, result), x.data_ptr(), result.data_ptr(),
+            return _call(_bound("leaky_forward", self.op, x, result), x.data_ptr(), result.data_ptr(),
                          result.numel(), slope)
         gout, out = tensors["gout"], tensors["out"]
-        return _call(_bound("leaky_backward", gout, out, result), gout.data_ptr(), out.data_ptr(),
+        return _call(_bound("leaky_backward", self.op, gout, out, result), gout.data_ptr(), out.data_ptr(),
                      result.data_ptr(), result.numel(), slope)
 
 
@@ -88,16 +97,15 @@ class GeneratedMaxPool(Kernel):
     def prepare(self, result, ws, /, **tensors):
         x = tensors["x"]
         n, c, h, w = x.shape
-        window = (self.op.kernel, self.op.stride, self.op.padding)
         if self.method == "forward":
             ho, wo = result.shape[2:]
-            return _call(_bound("maxpool_forward", x, result), x.data_ptr(), result.data_ptr(),
-                         n * c, h, w, ho, wo, *window)
+            return _call(_bound("maxpool_forward", self.op, x, result), x.data_ptr(), result.data_ptr(),
+                         n * c, h, w, ho, wo)
         gout, out = tensors["gout"], tensors["out"]
         ho, wo = out.shape[2:]
-        fn = _bound("maxpool_backward", gout, x, out, result)
+        fn = _bound("maxpool_backward", self.op, gout, x, out, result)
         return _call(fn, gout.data_ptr(), x.data_ptr(), out.data_ptr(), result.data_ptr(),
-                     n * c, h, w, ho, wo, *window)
+                     n * c, h, w, ho, wo)
 
 
 GENERATED = {LeakyRelu: GeneratedLeakyRelu, MaxPool2d: GeneratedMaxPool}

@@ -155,7 +155,7 @@ def generated_or_own(op: Op, method: str, on_gpu: bool = False, codegen: bool = 
     """The generated one-pass kernel of a memory-bound op where codegen runs, else the
     op's own method (``pointwise.py``)."""
     if codegen and not on_gpu:
-        pointwise.build()  # here, while the plan is made: a compile error comes before any step
+        pointwise.build(op)  # here, while the plan is made: a compile error comes before any step
         return pointwise.GENERATED[type(op)](op, method)
     return OpKernel(op, method)
 
