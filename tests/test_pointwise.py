@@ -91,7 +91,9 @@ def test_max_pool_is_torchs_bit_for_bit(dtype, case, seed, specials):
 
 
 def test_the_table_runs_them_only_with_codegen_on_a_cpu():
-    for op in (LeakyRelu(negative_slope=0.1), MaxPool2d(kernel=2)):
+    from n2ngraph.ops.upsample import UpsampleNearest
+
+    for op in (LeakyRelu(negative_slope=0.1), MaxPool2d(kernel=2), UpsampleNearest(scale=2)):
         for method in ("forward", "grad_x"):
             assert isinstance(kernel_for(op, method), tuple(pointwise.GENERATED.values()))
             assert isinstance(kernel_for(op, method, codegen=False), OpKernel)
@@ -102,3 +104,31 @@ def test_a_strided_tensor_is_refused_not_misread():
     x = torch.randn(4, 6).t()
     with pytest.raises(ValueError, match="contiguous"):
         pointwise.GeneratedLeakyRelu(LeakyRelu(), "forward").run(torch.empty(6, 4), {}, x=x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("scale", [2, 3])
+def test_upsampling_gives_the_ops_own_bits(dtype, scale):
+    """Forward: the pixels repeated; backward: each block's rows summed, then its
+    columns, as ops/upsample.py sums them, so codegen and --no-codegen agree bit for bit
+    (and both match torch's gradient to rounding)."""
+    from n2ngraph.ops.upsample import UpsampleNearest
+
+    op = UpsampleNearest(scale=scale)
+    x = _input((2, 3, 5, 7), 0, dtype, specials=False)
+    out_shape = op.infer(x.shape)
+    y, want = torch.empty(out_shape, dtype=dtype), torch.empty(out_shape, dtype=dtype)
+    pointwise.GeneratedUpsample(op, "forward").run(y, {}, x=x)
+    OpKernel(op, "forward").run(want, {}, x=x)
+    assert torch.equal(y, want) and torch.equal(y, F.interpolate(x, scale_factor=scale, mode="nearest"))
+    gout = torch.randn(out_shape, dtype=dtype)
+    gx, gx_own = torch.empty_like(x), torch.empty_like(x)
+    pointwise.GeneratedUpsample(op, "grad_x").run(gx, {}, gout=gout)
+    shapes = {"x": x.shape, "out": out_shape}
+    ws = {name: torch.empty(shape, dtype=dtype) for name, shape in op.workspace("grad_x", shapes).items()}
+    OpKernel(op, "grad_x").run(gx_own, ws, gout=gout)
+    assert torch.equal(gx, gx_own)
+    reference = x.clone().requires_grad_()
+    F.interpolate(reference, scale_factor=scale, mode="nearest").backward(gout)
+    torch.testing.assert_close(gx, reference.grad)
+    assert not pointwise.generates(UpsampleNearest(scale=1))

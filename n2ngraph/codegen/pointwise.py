@@ -3,6 +3,8 @@
 - leaky ReLU, forward ``y = x > 0 ? x : slope x`` and backward ``gx = y > 0 ? g : slope g``
   (y > 0 exactly where x > 0 for slope >= 0), where torch needs a product and a maximum,
   and a comparison, a clamp and a product; each may run in place;
+- nearest upsampling by s: each output row written once and copied s - 1 times;
+  the gradient summed block by block in one pass instead of 2 (s - 1) strided adds;
 - max pooling over k x k windows (stride s, padding p, windows that run past the input
   dropped, as the shape rule says), forward ``y = max over the window's real cells``,
   scanned in row-major order with a strict ``>`` (NaN wins and stays), as torch's kernel;
@@ -105,7 +107,43 @@ def _typed(template: str, **fields) -> str:
                    + "#undef T\n" for suffix, c_type in (("f32", "float"), ("f64", "double")))
 
 
-_HEAD = "#include <stdint.h>\n#include <math.h>\ntypedef int64_t I;\n"
+_UPSAMPLE = """\
+void upsample_forward_{S}(const T* x, T* y, I rows, I W, int threads)
+{{
+  #pragma omp parallel for schedule(static) num_threads(threads) if(rows * W >= {PARALLEL})
+  for (I r = 0; r < rows; r++) {{
+    const T* in = x + r * W;
+    T* out = y + r * {SCALE} * W * {SCALE};
+    for (I w = 0; w < W; w++)
+      for (I b = 0; b < {SCALE}; b++)
+        out[w * {SCALE} + b] = in[w];
+    for (I a = 1; a < {SCALE}; a++)
+      memcpy(out + a * W * {SCALE}, out, sizeof(T) * W * {SCALE});
+  }}
+}}
+
+void upsample_backward_{S}(const T* g, T* gx, I rows, I W, int threads)
+{{
+  const I width = W * {SCALE};
+  #pragma omp parallel for schedule(static) num_threads(threads) if(rows * W >= {PARALLEL})
+  for (I r = 0; r < rows; r++) {{
+    const T* block = g + r * {SCALE} * width;
+    T* out = gx + r * W;
+    for (I w = 0; w < W; w++) {{
+      T total = 0;
+      for (I b = 0; b < {SCALE}; b++) {{
+        const I at = w * {SCALE} + b;
+        T column = block[at] + block[width + at];
+        for (I a = 2; a < {SCALE}; a++) column += block[a * width + at];
+        total = b == 0 ? column : total + column;
+      }}
+      out[w] = total;
+    }}
+  }}
+}}
+"""
+
+_HEAD = "#include <stdint.h>\n#include <math.h>\n#include <string.h>\ntypedef int64_t I;\n"
 
 
 def source() -> str:
@@ -118,3 +156,10 @@ def pool_source(kernel: int, stride: int, padding: int) -> str:
     taps unrolled (and, without padding, no bounds checks: every tap is inside)."""
     scan_max, scan_first = _pool(kernel, stride, padding)
     return _HEAD + _typed(_POOL, SCAN_MAX=scan_max, SCAN_FIRST=scan_first)
+
+
+def upsample_source(scale: int) -> str:
+    """The C source of nearest upsampling by ``scale`` (at least 2), forward and
+    backward; the gradient sums each block's rows, then its columns, in the order of
+    ``ops/upsample.py``'s kernel, so that both give the same bits."""
+    return _HEAD + _typed(_UPSAMPLE, SCALE=scale)

@@ -1,12 +1,15 @@
-"""Generated one-pass kernels for leaky ReLU and max pooling (``codegen/pointwise.py``).
+"""Generated one-pass kernels for leaky ReLU, max pooling and nearest upsampling
+(``codegen/pointwise.py``).
 
-Both ops' own kernels (``ops/activations.py``, ``ops/pool.py``) are tensor-op passes:
-leaky ReLU's forward a product and a maximum, its backward three ops; max pooling k*k
-strided passes forward and several per tap backward. Here each is one C loop with no
-scratch tensor, and gives torch's results bit for bit (tested; the ops' own kernels
-too, except that their pool gradient sums overlapping windows tap by tap, not window
-by window as torch does, and their leaky ReLU gradient for a slope over 1 at NaN). The
-table picks them on a CPU with codegen; the ops' own kernels are the fallback.
+The ops' own kernels (``ops/activations.py``, ``ops/pool.py``, ``ops/upsample.py``) are
+tensor-op passes: leaky ReLU's forward a product and a maximum, its backward three ops;
+max pooling k*k strided passes forward and several per tap backward; upsampling a
+strided copy per phase. Here each is one C loop with no scratch tensor. Leaky ReLU and
+max pooling give torch's results bit for bit (tested; the ops' own kernels too, except
+that their pool gradient sums overlapping windows tap by tap, not window by window as
+torch does, and their leaky ReLU gradient for a slope over 1 at NaN); upsampling gives
+its op's own bits. The table picks them on a CPU with codegen; the ops' own kernels are
+the fallback.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..codegen import library
 from ..codegen import pointwise as source
 from ..ops.activations import LeakyRelu
 from ..ops.pool import MaxPool2d
+from ..ops.upsample import UpsampleNearest
 from .base import Kernel
 
 _C_TYPES = {torch.float32: "f32", torch.float64: "f64"}
@@ -33,18 +37,24 @@ def build(op) -> None:
 
 
 def _window(op) -> tuple:
-    """What a library is generated for: a max pool's kernel, stride and padding; none
-    for leaky ReLU, whose slope is an argument."""
-    return (op.kernel, op.stride, op.padding) if isinstance(op, MaxPool2d) else ()
+    """What a library is generated for: a max pool's kernel, stride and padding, an
+    upsampling's scale; none for leaky ReLU, whose slope is an argument."""
+    if isinstance(op, MaxPool2d):
+        return ("maxpool", op.kernel, op.stride, op.padding)
+    return ("upsample", op.scale) if isinstance(op, UpsampleNearest) else ()
 
 
 @functools.cache
-def _functions(*window: int):
+def _functions(*window):
     i64, ptr, threads = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    if window:
-        lib = library("maxpool-k{}s{}p{}".format(*window), source.pool_source(*window))
+    if window and window[0] == "maxpool":
+        lib = library("maxpool-k{}s{}p{}".format(*window[1:]), source.pool_source(*window[1:]))
         signatures = {"maxpool_forward": [ptr, ptr] + [i64] * 5 + [threads],
                       "maxpool_backward": [ptr, ptr, ptr, ptr] + [i64] * 5 + [threads]}
+    elif window:
+        lib = library(f"upsample-s{window[1]}", source.upsample_source(window[1]))
+        signatures = {"upsample_forward": [ptr, ptr, i64, i64, threads],
+                      "upsample_backward": [ptr, ptr, i64, i64, threads]}
     else:
         lib = library("pointwise", source.source())
         signatures = {"leaky_forward": [ptr, ptr, i64, None, threads],
@@ -108,5 +118,27 @@ class GeneratedMaxPool(Kernel):
                      n * c, h, w, ho, wo)
 
 
-GENERATED = {LeakyRelu: GeneratedLeakyRelu, MaxPool2d: GeneratedMaxPool}
+@attrs.frozen
+class GeneratedUpsample(Kernel):
+    op: UpsampleNearest
+    method: str  # forward or grad_x
+
+    def prepare(self, result, ws, /, **tensors):
+        if self.method == "forward":
+            x = tensors["x"]
+            n, c, h, w = x.shape
+            return _call(_bound("upsample_forward", self.op, x, result), x.data_ptr(), result.data_ptr(),
+                         n * c * h, w)
+        gout = tensors["gout"]
+        n, c, h, w = result.shape
+        return _call(_bound("upsample_backward", self.op, gout, result), gout.data_ptr(),
+                     result.data_ptr(), n * c * h, w)
+
+
+GENERATED = {LeakyRelu: GeneratedLeakyRelu, MaxPool2d: GeneratedMaxPool, UpsampleNearest: GeneratedUpsample}
 """The ops with a generated kernel, for every computation they have."""
+
+
+def generates(op) -> bool:
+    """Whether ``op`` has a generated kernel (upsampling by 1 is a copy: it has not)."""
+    return type(op) in GENERATED and not (isinstance(op, UpsampleNearest) and op.scale < 2)

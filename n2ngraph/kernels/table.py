@@ -154,7 +154,7 @@ def upsample_conv_kernel(op: UpsampleConv2d, method: str, on_gpu: bool = False,
 def generated_or_own(op: Op, method: str, on_gpu: bool = False, codegen: bool = False) -> Kernel:
     """The generated one-pass kernel of a memory-bound op where codegen runs, else the
     op's own method (``pointwise.py``)."""
-    if codegen and not on_gpu:
+    if codegen and not on_gpu and pointwise.generates(op):
         pointwise.build(op)  # here, while the plan is made: a compile error comes before any step
         return pointwise.GENERATED[type(op)](op, method)
     return OpKernel(op, method)
