@@ -192,14 +192,9 @@ class WinogradForward(Kernel):
     generated: bool = True
 
     def workspace(self, shapes):
-        n, c = shapes["x"][:2]
-        th, tw = tiles(shapes["out"])
-        o, t = self.conv.out_channels, n * th * tw
+        c, o, t = _sizes(self.conv, shapes)
         own = {"U": (POINTS, o, c), "V": (POINTS, c, t), "M": (POINTS, o, t)}
-        if self.generated:
-            return own
-        return {**own, **_prefixed("in_", TensorTransforms.workspace("input", shapes["x"], shapes["out"])),
-                **_prefixed("out_", TensorTransforms.workspace("output", shapes["out"], shapes["out"]))}
+        return _with_fallback(self.generated, own, shapes, "output")
 
     def prepare(self, out, ws, /, x, weight, bias=None):
         o, c = self.conv.out_channels, self.conv.in_channels
@@ -222,14 +217,9 @@ class WinogradGradWeight(Kernel):
     generated: bool = True
 
     def workspace(self, shapes):
-        n, c = shapes["x"][:2]
-        th, tw = tiles(shapes["out"])
-        o, t = self.conv.out_channels, n * th * tw
+        c, o, t = _sizes(self.conv, shapes)
         own = {"V": (POINTS, c, t), "Gy": (POINTS, o, t), "dU": (POINTS, o, c)}
-        if self.generated:
-            return own
-        return {**own, **_prefixed("in_", TensorTransforms.workspace("input", shapes["x"], shapes["out"])),
-                **_prefixed("gy_", TensorTransforms.workspace("grad_output", shapes["out"], shapes["out"]))}
+        return _with_fallback(self.generated, own, shapes, "grad_output")
 
     def prepare(self, grad, ws, /, gout, x):
         o, c = self.conv.out_channels, self.conv.in_channels
@@ -245,8 +235,25 @@ class WinogradGradWeight(Kernel):
                               out=grad.view(o * c, wg.TAPS ** 2)))
 
 
-def _prefixed(prefix: str, shapes: dict) -> dict:
-    return {prefix + name: shape for name, shape in shapes.items()}
+def _sizes(c: Conv2d, shapes) -> tuple[int, int, int]:
+    """Input and output channels, and the number of tiles, of a conv over ``shapes``."""
+    n = shapes["x"][0]
+    th, tw = tiles(shapes["out"])
+    return c.in_channels, c.out_channels, n * th * tw
+
+
+_PREFIXES = {"input": "in_", "output": "out_", "grad_output": "gy_"}
+
+
+def _with_fallback(generated: bool, own: dict, shapes, second: str) -> dict:
+    """``own`` workspaces, and where the transforms are tensor ops, theirs: the input's
+    and the ``second`` transform's (``output`` or ``grad_output``), named apart."""
+    if generated:
+        return own
+    fallback = {role: TensorTransforms.workspace(role, shapes["x" if role == "input" else "out"],
+                                                 shapes["out"]) for role in ("input", second)}
+    return {**own, **{_PREFIXES[role] + name: shape for role, found in fallback.items()
+                      for name, shape in found.items()}}
 
 
 def _unprefixed(prefix: str, ws: dict) -> dict:
