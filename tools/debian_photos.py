@@ -175,9 +175,10 @@ def package_photos(deb: Path, photos: list[DebianPhoto]) -> dict[str, tuple[np.n
 
 
 def debian_photos(debs: Path, without: frozenset[str] = frozenset(),
-                  kept: tuple[DebianPhoto, ...] = KEPT) -> dict[str, tuple[np.ndarray, str]]:
-    """The photos of ``kept`` but those in ``without``, in the list's order; packages
-    with no photo left are not fetched."""
+                  kept: tuple[DebianPhoto, ...] | None = None) -> dict[str, tuple[np.ndarray, str]]:
+    """The photos of ``kept`` (the curated KEPT) but those in ``without``, in the list's
+    order; packages with no photo left are not fetched."""
+    kept = KEPT if kept is None else kept
     by_package: dict[str, list[DebianPhoto]] = {}
     for photo in kept:
         if photo.name not in without:
