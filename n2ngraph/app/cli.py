@@ -433,18 +433,20 @@ def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[floa
     listed = tqdm(photos, total=len(photos), desc="photos", unit="photo", leave=False,
                   disable=args.no_progress, dynamic_ncols=True)
     for i, name in enumerate(listed):
-        scores.append(_photo_psnr(model, spec, args, photos[name], noise, seed * 7919 + i, dtype))
+        scores.append(_photo_psnr(model, spec, args, photos[name], noise, seed, i, dtype))
     what = f"{len(scores)} photos in {args.data} (noise {noise}, seed {seed}, full size, 8-bit output)"
     return (sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores), what)
 
 
-def _photo_psnr(model, spec: Spec, args, clean, noise, seed: int, dtype) -> tuple[float, float]:
-    """(input PSNR, output PSNR) of one photo noised with ``seed``; its copies are let go
-    on return, before the next photo is decoded."""
+def _photo_psnr(model, spec: Spec, args, clean, noise, seed: int, index: int,
+                dtype) -> tuple[float, float]:
+    """(input PSNR, output PSNR) of photo ``index`` noised by ``noise.noisy_photo``; its
+    copies are let go on return, before the next photo is decoded."""
     from .images import denoise
     from .metrics import psnr
+    from .noise import noisy_photo
 
-    noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed))
+    noisy = noisy_photo(clean, noise, seed, index)
     out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble,
                   tile=args.tile)
     reference = clean[None].double() / 255
