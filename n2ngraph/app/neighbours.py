@@ -19,9 +19,12 @@ it). With ``a = f(g1 y)``, ``b = g2 y`` and the constant ``c = g1 f(y) - g2 f(y)
 so a step is the spec's own MSE step against the target ``b + gamma c / (1 + gamma)``,
 after an inference pass of the same network on the whole photos gives ``c``: no new
 gradient code. The factor ``1 + gamma`` scales the gradient: SGD's learning rate is
-multiplied by it (exact without weight decay; with it, the decay is scaled too), and
-Adam, which a constant loss scale does not move (but for its eps), is left alone. Norm
-clipping sees the unscaled MSE gradient. The loss a run logs is the paper's ``L``.
+multiplied by it (exact, momentum included, without weight decay; with it, the decay is
+scaled too). Adam's rate is left alone: a constant loss scale moves Adam only through
+its eps, so a step is Adam's on the paper's loss with eps (1 + gamma) times the
+recipe's (3e-8 for the default 1e-8). Norm clipping sees the unscaled MSE gradient. The
+loss a run logs is the paper's ``L``. tests/test_neighbours.py checks both optimizers'
+steps against torch autograd of ``L``.
 
 ``gamma`` is fixed at ``GAMMA`` = 2, the paper's value; the authors' code instead ramps
 it from 0 up to 2 over the epochs, which this does not do. Both terms are means over
@@ -170,7 +173,8 @@ class NeighbourLoss:
 
     def lr_scale(self, optimizer: str) -> float:
         """What the learning rate is multiplied by so that a step of the MSE against the
-        moved target is the step of the paper's loss: ``1 + gamma`` for SGD, 1 for Adam."""
+        moved target is the step of the paper's loss: ``1 + gamma`` for SGD; 1 for Adam,
+        which the loss's scale moves only through eps."""
         return 1 + self.gamma if optimizer == "sgd" else 1.0
 
     def total(self, mse: float, offset: float) -> float:

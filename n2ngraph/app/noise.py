@@ -181,6 +181,9 @@ class NoiseMix:
             raise ValueError(f"a noise mixture needs at least one part; {_accepted()}")
 
     def __str__(self) -> str:
+        if len(self.parts) == 1:  # written as a range, "gaussian:25-25", or it reads as a Noise
+            part = self.parts[0]
+            return f"{part.kind}:{_number(part.low)}-{_number(part.high)}"
         return "+".join(str(part) for part in self.parts)
 
     def draw(self, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
