@@ -209,3 +209,16 @@ def test_single_photo_mistakes_are_one_line(tmp_path, capsys):
     fails(capsys, [SPEC, "--export", str(tmp_path / "x"), "--pairs-from", "single"], "--export")
     fails(capsys, ["--resume", str(tmp_path / "r"), "--pairs-from", "single"], "--pairs-from")
     assert not (tmp_path / "r").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_run_directory_with_a_bad_pairs_from_is_one_line(tmp_path, capsys):
+    from n2ngraph.app.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.yaml").write_text((ROOT / "specs" / "noise2noise.yaml").read_text())
+    for value, needle in (("triple", "must be one of pairs, single"), ("single", "even")):
+        record = {**TrainConfig.from_spec(load_spec(SPEC)).record(), "pairs_from": value,
+                  "crop": 31}
+        (run / "config.json").write_text(json.dumps(record))
+        fails(capsys, ["--resume", str(run)], "config.json", "pairs_from", needle)
