@@ -30,7 +30,7 @@ from ..errors import SpecError
 from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
-from .config import MAX_COUNT, SettingError, check_memory, check_settings
+from .config import MAX_COUNT, PAIRS_FROM, SettingError, check_memory, check_settings
 from .data import DataError
 from .fileio import WriteError, make_directory, safe_component
 from .images import ALIGN, TILE
@@ -42,6 +42,8 @@ examples:
   python -m n2ngraph.run specs/noise2noise.yaml --train --epochs 1 --pairs 5000 --run runs/quick
   python -m n2ngraph.run --resume runs/quick                           continue a stopped run
   python -m n2ngraph.run specs/noise2noise.yaml --train --optimizer adam --schedule rampdown --augment
+  python -m n2ngraph.run specs/unet.yaml --train --noise gaussian:0-50+poisson:5-50   one net, any level
+  python -m n2ngraph.run specs/unet.yaml --train --data my_photos/ --pairs-from single --noise none
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick
   python -m n2ngraph.run specs/noise2noise.yaml --eval --weights runs/quick --data photos/ --noise gaussian:25
   python -m n2ngraph.run specs/noise2noise.yaml --denoise a.png b.jpg --weights runs/quick --out clean/
@@ -55,7 +57,12 @@ data (--data): scikit-image's bundled photos by default (split by image into tra
 and validation); a folder of png/jpg photos; or the course's train_data.pkl (two uint8
 N x 3 x 32 x 32 tensors, noisy input and noisy target; a val_data.pkl beside it, noisy
 and clean, is used for validation). Noise (--noise): gaussian:SIGMA (0-255 scale),
-poisson:PEAK, bernoulli:P, none; results are quantised to 8 bits like real photos.
+poisson:PEAK, bernoulli:P, none, a range (gaussian:0-50: the level drawn per pair, both
+views at one level) or a mixture (gaussian:0-50+poisson:5-50: each pair draws a part);
+noisy images are always quantised to 8 bits, as a saved photo is. --pairs-from single
+trains on single noisy photos (Neighbor2Neighbor): --noise none takes a folder's photos
+as they are (validated against a second noisy view); any other --noise trains on one
+fixed noisy copy of each photo and validates on clean crops.
 
 exit status: 0 done (or stopped by --max-steps), 2 bad input, 3 training diverged (its
 loss or gradients went nan or inf; the checkpoints written before are kept), 130 stopped
@@ -113,7 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batches", default="4,12,24,48", help="sweep batch sizes")
     d = p.add_argument_group("data and devices")
     d.add_argument("--data", help="photo folder or train_data.pkl (default: embedded photos)")
-    d.add_argument("--noise", default="gaussian:25", help="noise model (default gaussian:25)")
+    d.add_argument("--noise", default="gaussian:25",
+                   help="noise model (default gaussian:25): gaussian:SIGMA, poisson:PEAK, "
+                        "bernoulli:P, none; a range draws the level per pair (gaussian:0-50), a "
+                        "mixture draws one part per pair (gaussian:0-50+poisson:5-50)")
+    d.add_argument("--pairs-from", choices=list(PAIRS_FROM),
+                   help="training pairs: 'pairs' (default), two noisy views of each clean crop; "
+                        "'single', each crop of one noisy photo sub-sampled into two "
+                        "(Neighbor2Neighbor): with --noise none, your own noisy photos as they are")
     d.add_argument("--val-count", type=int, default=1000, help="validation crops (default 1000)")
     d.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     d.add_argument("--float64", action="store_true", help="compute in float64")
@@ -192,10 +206,11 @@ def _config(spec: Spec, args, *, whole_epoch: bool = False, **extra):
                   seed=args.seed, noise=args.noise, data=args.data, val_count=args.val_count,
                   device=_device(args.device), optimizer=args.optimizer, schedule=args.schedule,
                   clip_grad_norm=args.clip_grad_norm, augment=args.augment, crop=args.crop,
-                  float64=args.float64 or None, tf32=args.tf32 or None)
+                  float64=args.float64 or None, tf32=args.tf32 or None,
+                  pairs_from=args.pairs_from)
     values.update(extra)
-    config = TrainConfig.from_spec(spec, **values)
     try:
+        config = TrainConfig.from_spec(spec, **values)
         check_memory(config, whole_epoch=whole_epoch)
     except SettingError as e:
         raise UsageError(e.option()) from None
@@ -222,7 +237,7 @@ def _check_options(args) -> None:
 
 def _model(spec: Spec, config, dtype, args):
     r = config.recipe
-    shape = (r.batch, spec.inputs[0].channels, r.crop, r.crop)
+    shape = (r.batch, spec.inputs[0].channels, config.train_crop, config.train_crop)
     return compile(spec, shape, device=config.device, dtype=dtype, seed=r.seed,
                    optimizer=r.optimizer, clip_grad_norm=r.clip_grad_norm or 0.0,
                    cuda_graphs=args.cuda_graphs, codegen=args.codegen)
@@ -328,7 +343,7 @@ def do_train(args) -> int:
 
 
 RESUME_KEEPS = ("epochs", "batch", "lr", "optimizer", "schedule", "clip_grad_norm", "augment",
-                "crop", "pairs", "seed", "data", "run", "from_weights", "weights")
+                "crop", "pairs", "seed", "data", "run", "from_weights", "weights", "pairs_from")
 """Options a resumed run cannot take: it keeps the settings in its config.json."""
 
 
@@ -433,18 +448,20 @@ def _eval_photos(model, spec: Spec, args, noise, seed: int, dtype) -> tuple[floa
     listed = tqdm(photos, total=len(photos), desc="photos", unit="photo", leave=False,
                   disable=args.no_progress, dynamic_ncols=True)
     for i, name in enumerate(listed):
-        scores.append(_photo_psnr(model, spec, args, photos[name], noise, seed * 7919 + i, dtype))
+        scores.append(_photo_psnr(model, spec, args, photos[name], noise, seed, i, dtype))
     what = f"{len(scores)} photos in {args.data} (noise {noise}, seed {seed}, full size, 8-bit output)"
     return (sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores), what)
 
 
-def _photo_psnr(model, spec: Spec, args, clean, noise, seed: int, dtype) -> tuple[float, float]:
-    """(input PSNR, output PSNR) of one photo noised with ``seed``; its copies are let go
-    on return, before the next photo is decoded."""
+def _photo_psnr(model, spec: Spec, args, clean, noise, seed: int, index: int,
+                dtype) -> tuple[float, float]:
+    """(input PSNR, output PSNR) of photo ``index`` noised by ``noise.noisy_photo``; its
+    copies are let go on return, before the next photo is decoded."""
     from .images import denoise
     from .metrics import psnr
+    from .noise import noisy_photo
 
-    noisy = noise.apply(clean[None], torch.Generator().manual_seed(seed))
+    noisy = noisy_photo(clean, noise, seed, index)
     out = denoise(model, spec, noisy, device=model.device, dtype=dtype, ensemble=args.ensemble,
                   tile=args.tile)
     reference = clean[None].double() / 255
@@ -595,6 +612,9 @@ def do_export(args) -> int:
     from .train import prepare_data
 
     spec, _ = _spec(args)
+    if args.pairs_from == "single":
+        raise UsageError("--export writes Noise2Noise pairs; --pairs-from single makes them "
+                         "inside each training step, so there are none to write")
     config = _config(spec, args, whole_epoch=True)
     out = Path(args.export)
     targets = _output_files(out, ["train_data.pkl", "val_data.pkl"], "--export")

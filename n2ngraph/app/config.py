@@ -23,6 +23,10 @@ from .data import parse_noise, source_kind
 from .pairs import EpochPlan
 from .stream import DEPTH
 
+PAIRS_FROM = ("pairs", "single")
+"""Where a run's training pairs come from: two noisy views of each clean crop
+(Noise2Noise), or a single noisy photo's crop sub-sampled into two (Neighbor2Neighbor)."""
+
 RECIPE_OVERRIDES = {f.name for f in attrs.fields(TrainSpec)} | {"lr"}
 """What may override the recipe: its fields by name (the optimizer and the schedule
 given by their names), and the optimizer's learning rate as ``lr``."""
@@ -40,6 +44,23 @@ class TrainConfig:
     from_weights: str | None = None  # the checkpoint a fine-tuning run started from
     float64: bool = False  # the arithmetic, which a resumed run must keep to stay bit-identical
     tf32: bool = False
+    pairs_from: str = "pairs"  # PAIRS_FROM: Noise2Noise pairs, or single noisy photos
+
+    def __attrs_post_init__(self):
+        if self.pairs_from != "single":
+            return
+        if self.recipe.crop % 2:
+            raise SettingError("pairs_from", "single", f"sub-samples 2x2 cells of each crop: "
+                                                       f"the crop must be even, not {self.recipe.crop}")
+        if source_kind(self.data) == "pairs":
+            raise SettingError("pairs_from", "single", f"trains on noisy photos (a folder, or "
+                                                       f"the embedded ones), not on {self.data}")
+
+    @property
+    def train_crop(self) -> int:
+        """The side of the images a step trains on: the crop, or half of it when a
+        single photo's crop is sub-sampled into two (neighbours.py)."""
+        return self.recipe.crop // 2 if self.pairs_from == "single" else self.recipe.crop
 
     @classmethod
     def from_spec(cls, spec: Spec, **overrides) -> "TrainConfig":
@@ -58,7 +79,8 @@ class TrainConfig:
                 "val_count": self.val_count, "device": self.device,
                 "optimizer": r.optimizer.name, "schedule": r.schedule.name,
                 "clip_grad_norm": r.clip_grad_norm, "augment": r.augment,
-                "from_weights": self.from_weights, "float64": self.float64, "tf32": self.tf32}
+                "from_weights": self.from_weights, "float64": self.float64, "tf32": self.tf32,
+                "pairs_from": self.pairs_from}
 
     @classmethod
     def from_record(cls, spec: Spec, record: dict) -> "TrainConfig":
@@ -154,6 +176,7 @@ _CHECKS = {
     "schedule": lambda v: None if v in SCHEDULES else f"must be one of {', '.join(SCHEDULES)}",
     **dict.fromkeys(("data", "from_weights"), lambda v: None if isinstance(v, str) else
                     "must be a path"),
+    "pairs_from": lambda v: None if v in PAIRS_FROM else f"must be one of {', '.join(PAIRS_FROM)}",
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v.startswith("cuda")) else
     "must be cpu or cuda",
     **dict.fromkeys(("augment", "float64", "tf32"), lambda v: None if isinstance(v, bool) else

@@ -27,23 +27,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-import attrs
 import numpy as np
 import torch
 
 from .fileio import atomic_path
+from .noise import NOISE_FORMS, Noise, NoiseMix, parse_noise  # noqa: F401 (re-exported)
+
 
 __all__ = [
     "DataError", "EMBEDDED", "VALIDATION_PHOTOS", "embedded_photos", "embedded_split",
     "source_kind", "photo_size", "load_photo", "photo_files", "load_folder", "save_photo",
-    "Noise", "parse_noise", "random_crops", "training_pairs", "augment_pairs", "validation_set",
-    "load_pairs", "save_pairs",
+    "Noise", "NoiseMix", "parse_noise", "random_crops", "training_pairs", "augment_pairs",
+    "validation_set", "load_pairs", "save_pairs",
 ]
 
 Tensor = torch.Tensor
@@ -267,101 +267,6 @@ def _atomic_write(path: Path, write: Callable) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Noise models
-# ---------------------------------------------------------------------------------------
-
-NOISE_FORMS = ("gaussian:SIGMA (0 <= SIGMA <= 1000, on the 0-255 scale, e.g. gaussian:25)",
-               "poisson:PEAK (photon count at white, 0.001 <= PEAK <= 1e6, e.g. poisson:30)",
-               "bernoulli:P (each pixel set to 0 with probability 0 <= P < 1, e.g. bernoulli:0.5)",
-               "none")
-"""The levels are bounded to where noise still means something and float32 holds it:
-beyond sigma 1000 (four times the whole 0-255 range) almost every pixel is clipped to
-black or white, and gaussian:1e308 would overflow; at a million photons the Poisson noise
-is under half a quantisation step, and at 0.001 a white pixel is almost never lit."""
-
-
-def _check_level(noise: "Noise", _attribute, level: float) -> None:
-    ok = {"none": level == 0, "gaussian": 0 <= level <= 1000, "poisson": 1e-3 <= level <= 1e6,
-          "bernoulli": 0 <= level < 1}
-    if noise.kind not in ok:
-        raise ValueError(f"unknown noise kind {noise.kind!r}; accepted: {'; '.join(NOISE_FORMS)}")
-    if not math.isfinite(level) or not ok[noise.kind]:
-        raise ValueError(f"bad level {level!r} for {noise.kind} noise; accepted: "
-                         f"{'; '.join(NOISE_FORMS)}")
-
-
-def _quantise(values: Tensor) -> Tensor:
-    """To 8 bits, as a camera stores it: round to the nearest level, clip to 0..255."""
-    return values.round_().clamp_(0, 255).to(torch.uint8)
-
-
-@attrs.frozen
-class Noise:
-    """A noise model: ``kind`` in gaussian, poisson, bernoulli, none, and its ``level``.
-
-    ``apply`` works on uint8 and returns uint8, rounded and clipped: the noisy images a
-    real camera gives are quantised too, and the course's data was stored this way.
-    ``str(noise)`` is the string ``parse_noise`` reads, so it round-trips."""
-
-    kind: str
-    level: float = attrs.field(default=0.0, converter=float, validator=_check_level)
-
-    def __str__(self) -> str:
-        if self.kind == "none":
-            return "none"
-        text = repr(self.level)
-        return f"{self.kind}:{text[:-2] if text.endswith('.0') else text}"
-
-    def apply(self, clean: Tensor, generator: torch.Generator) -> Tensor:
-        """One noisy realisation of ``clean`` (uint8, ``(..., 3, H, W)``), same shape."""
-        if not isinstance(clean, Tensor) or clean.dtype != torch.uint8 or clean.dim() < 3:
-            raise TypeError(f"Noise.apply takes a uint8 (..., 3, H, W) tensor, got "
-                            f"{_describe(clean)}")
-        return getattr(self, f"_{self.kind}")(clean, generator)
-
-    def _none(self, clean: Tensor, generator: torch.Generator) -> Tensor:
-        return clean.clone()
-
-    def _gaussian(self, clean: Tensor, generator: torch.Generator) -> Tensor:
-        noisy = torch.randn(clean.shape, generator=generator, device=clean.device)
-        # float() first: a mixed uint8 + float add takes twice as long on CPU
-        return _quantise(torch.add(clean.float(), noisy, alpha=self.level, out=noisy))
-
-    def _poisson(self, clean: Tensor, generator: torch.Generator) -> Tensor:
-        # Photon counting: a pixel of value v collects Poisson(v/255 * PEAK) photons.
-        # Low PEAK means few photons and strong noise; the noise grows with brightness.
-        rate = clean.float().mul_(self.level / 255.0)
-        counts = torch.poisson(rate, generator=generator)
-        return _quantise(counts.mul_(255.0 / self.level))
-
-    def _bernoulli(self, clean: Tensor, generator: torch.Generator) -> Tensor:
-        # A dropped pixel loses all three channels at once, like a dead photosite.
-        shape = clean.shape[:-3] + (1,) + clean.shape[-2:]
-        keep = torch.rand(shape, generator=generator, device=clean.device) >= self.level
-        return clean * keep
-
-
-def parse_noise(text: str) -> Noise:
-    """``"gaussian:25"``, ``"poisson:30"``, ``"bernoulli:0.5"`` or ``"none"``, to a Noise.
-
-    Case and surrounding spaces are ignored. Anything else is a ValueError that lists
-    the accepted forms."""
-    if not isinstance(text, str):
-        raise ValueError(f"noise must be a string, got {type(text).__name__}")
-    kind, colon, level = text.strip().lower().partition(":")
-    kind, level = kind.strip(), level.strip()
-    if kind == "none" and not colon:
-        return Noise("none")
-    if kind in ("gaussian", "poisson", "bernoulli") and colon:
-        try:
-            return Noise(kind, float(level))
-        except ValueError:
-            pass
-    quoted = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
-    raise ValueError(f"bad noise {quoted}; accepted: {'; '.join(NOISE_FORMS)}")
-
-
-# ---------------------------------------------------------------------------------------
 # Crops and pairs
 # ---------------------------------------------------------------------------------------
 
@@ -489,16 +394,18 @@ def validation_set(photos: Mapping[str, Tensor], count: int, crop: int, noise: N
     return noisy, clean
 
 
-def noisy_views(clean: Tensor, noise: Noise, generator: torch.Generator,
+def noisy_views(clean: Tensor, noise: Noise | NoiseMix, generator: torch.Generator,
                 views: int) -> list[Tensor]:
     """``views`` independent noisy copies of the crops ``clean``, noised ``_CHUNK`` crops
     at a time, every view of a chunk before the next chunk: that order of draws from
-    ``generator`` is what a seed has always given."""
+    ``generator`` is what a seed has always given. A NoiseMix draws each crop's kind and
+    level first, shared by all its views (a pair is one scene at one noise level)."""
     noisy = [torch.empty_like(clean) for _ in range(views)]
     for start in range(0, len(clean), _CHUNK):
         part = slice(start, start + _CHUNK)
+        shared = noise.draw(len(clean[part]), generator)  # a fixed level draws nothing
         for view in noisy:
-            view[part] = noise.apply(clean[part], generator)
+            view[part] = noise.apply(clean[part], generator, shared)
     return noisy
 
 

@@ -48,6 +48,7 @@ from .fileio import (DirectoryBusy, created_whole, fault_point, lock_directory,
 from .folder import PhotoFolder
 from .images import self_ensemble
 from .metrics import psnr
+from .neighbours import GAMMA, NeighbourLoss, NoisyCopies, SinglePhotos, self_supervised_validation
 from .pairs import EpochPlan, FixedPairs, PhotoPairs
 from .stream import BatchStream
 
@@ -58,10 +59,11 @@ class Data:
     gives the pairs of a chunk of an epoch (pairs.PhotoPairs, pairs.FixedPairs), and the
     validation crops, uint8, held whole (``val_count`` of them)."""
 
-    pairs: PhotoPairs | FixedPairs
+    pairs: PhotoPairs | FixedPairs | SinglePhotos
     val_noisy: torch.Tensor
     val_clean: torch.Tensor
     description: str
+    loss: NeighbourLoss | None = None  # how a single photo's batch is trained; None: pairs
 
 
 def held_out(names: list[str]) -> list[str]:
@@ -74,6 +76,8 @@ def prepare_data(config: TrainConfig) -> Data:
     """The data of ``config.data`` (data.source_kind): the course's pairs, or crops of
     photos (a folder's, or scikit-image's) noised afresh every epoch."""
     noise = datasets.parse_noise(config.noise)
+    if config.pairs_from == "single":
+        return _single_photos(config, noise)
     if datasets.source_kind(config.data) == "pairs":
         return _fixed_pairs(config, noise)
     r = config.recipe
@@ -85,6 +89,30 @@ def prepare_data(config: TrainConfig) -> Data:
                 f"{r.pairs} fresh {r.crop}x{r.crop} pairs per epoch from {where}, "
                 f"noise {noise}{', augmented by flips and rotations' if r.augment else ''}; "
                 f"validation: {len(val_noisy)} crops of {', '.join(sorted(val))}")
+
+
+def _single_photos(config: TrainConfig, noise) -> Data:
+    """Crops of single noisy photos, sub-sampled into pairs (neighbours.py): the photos as
+    they are with ``--noise none`` (a user's own), validated against a second noisy view;
+    else each photo noised once, a fixed noisy copy, validated on clean crops like a
+    Noise2Noise run, so the two compare."""
+    r = config.recipe
+    train, val, where = _photos(config.data)
+    if noise == datasets.Noise("none"):
+        noisy, _ = datasets.validation_set(val, config.val_count, r.crop, noise, r.seed)
+        val_noisy, val_clean = self_supervised_validation(noisy, r.seed)
+        kind, checked = "the photos as they are", "against a second noisy view (no clean photo)"
+    else:
+        train = NoisyCopies(train, noise, r.seed)
+        val_noisy, val_clean = datasets.validation_set(val, config.val_count, r.crop, noise, r.seed)
+        kind, checked = f"one noisy copy ({noise}) of each photo", f"noise {noise}"
+    plan = EpochPlan(r.pairs, r.batch, r.crop * r.crop)
+    pairs = SinglePhotos(train, plan, r.crop, r.seed, augment=r.augment)
+    return Data(pairs, val_noisy, val_clean,
+                f"{r.pairs} {r.crop}x{r.crop} crops per epoch of {kind} from {where}, each "
+                f"sub-sampled into a Neighbor2Neighbor pair (gamma {GAMMA:g}); validation: "
+                f"{len(val_noisy)} crops of {', '.join(sorted(val))}, {checked}",
+                loss=NeighbourLoss())
 
 
 def _photos(source: str | None) -> tuple[Mapping, Mapping, str]:
@@ -382,7 +410,7 @@ class Run:
                        unit="step", disable=not progress, leave=False, dynamic_ncols=True)
             with bar:
                 for batch_a, batch_b in self._saved_on_data_error(stream):
-                    self._step(batch_a, batch_b, per_epoch)
+                    self._step(batch_a, batch_b, per_epoch, data.loss)
                     fault_point("step")
                     bar.update(1)
                     if self.step % 50 == 0:
@@ -416,17 +444,25 @@ class Run:
                                              f"repair the file, then continue with --resume "
                                              f"{self.dir}") from None
 
-    def _step(self, batch_a: torch.Tensor, batch_b: torch.Tensor, per_epoch: int) -> None:
-        """One update, at the learning rate of its index in the run (optim.learning_rate)."""
+    def _step(self, batch_a: torch.Tensor, batch_b: torch.Tensor, per_epoch: int,
+              single: NeighbourLoss | None = None) -> None:
+        """One update, at the learning rate of its index in the run (optim.learning_rate);
+        with ``single``, on a single photo's batch (the noisy crops and their choices)."""
         r, device = self.config.recipe, self.config.device
-        x = to_float(batch_a, device, self.dtype)
-        t = to_float(batch_b, device, self.dtype)
-        self.model.optimizer.set_lr(learning_rate(
+        scale, offset = 1.0, None
+        if single is None:
+            x, t = to_float(batch_a, device, self.dtype), to_float(batch_b, device, self.dtype)
+        else:
+            x, t, offset = single.batch(self.model, batch_a, batch_b, device, self.dtype)
+            scale = single.lr_scale(r.optimizer.name)
+        self.model.optimizer.set_lr(scale * learning_rate(
             r.schedule, r.optimizer.lr, self.epoch * per_epoch + self.step, per_epoch,
             r.epochs * per_epoch))
         label = f"epoch {self.epoch + 1}, step {self.step + 1}"
         self.recent.keep(label, (x, t))
         loss = self.model.train_step(x, t)
+        if single is not None:
+            loss = single.total(loss, offset)
         self.step += 1
         self._check_step(label, loss)
         total, count = self.running
