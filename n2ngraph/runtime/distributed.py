@@ -143,18 +143,18 @@ class Ranks:
             dist.broadcast_object_list(box, self._global(0), group=self.group)
         return box[0]
 
-    def led(self, work: Callable[[], T]) -> T | None:
-        """Runs ``work`` on rank 0 alone and hands its error, if it raised one, to every
-        rank, which raises it too: rank 0's failure (a run directory in use, a damaged
-        checkpoint) then stops all ranks with its message rather than leaving the others
-        to wait for a rank that has left. Returns ``work()`` on rank 0, None elsewhere."""
+    def led(self, work: Callable[[], T]) -> T:
+        """Runs ``work`` on rank 0 alone and returns its result (picklable) on every rank,
+        or raises its error on every rank: rank 0's failure (a run directory in use, a
+        damaged checkpoint) then stops all ranks with its message rather than leaving the
+        others to wait for a rank that has left."""
         result, error = None, None
         if self.leader:
             try:
                 result = work()
             except Exception as e:  # noqa: BLE001 - handed on to every rank, then raised
                 error = e
-        error = self.from_leader(_picklable(error))
+        result, error = self.from_leader((result, _picklable(error)))
         if error is not None:
             raise error
         return result
