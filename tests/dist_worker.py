@@ -15,6 +15,7 @@ from n2ngraph.app.pairs import share
 from n2ngraph.compiler.parse import load_spec
 from n2ngraph.compiler.spec import OptimizerSpec
 from n2ngraph.runtime.distributed import Ranks
+from n2ngraph.runtime import program
 from n2ngraph.runtime.program import compile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,9 @@ def main(out: Path) -> None:
     for name in OPTIMIZERS:
         params, losses = train(name, ranks)
         torch.save({"params": params, "losses": losses}, out / f"{name}-{ranks.rank}.pt")
+    program.bucketable = lambda grads: False  # the path of a batch run as parts: one sum
+    params, losses = train("sgd", ranks)
+    torch.save({"params": params, "losses": losses}, out / f"sgd-after-backward-{ranks.rank}.pt")
     ranks.close()
 
 

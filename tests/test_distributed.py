@@ -18,6 +18,10 @@ import torch
 
 from n2ngraph.app.checkpoint import load_checkpoint
 from n2ngraph.app.cli import main
+from n2ngraph.compiler.parse import load_spec
+from n2ngraph.runtime.buckets import _cut
+from n2ngraph.runtime.flat import flat_view
+from n2ngraph.runtime.program import compile
 
 import dist_worker
 from helpers import ROOT, relative
@@ -57,20 +61,40 @@ def assert_same_params(a: dict, b: dict, tol: float = 1e-9) -> None:
         assert relative(a[name], b[name]) < tol, (name, relative(a[name], b[name]))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "sgd-after-backward"])
 def test_two_ranks_follow_one_process(dist_api_run, optimizer):
     """The API: each rank's Program trains its half of every global batch; both end with
     one process's parameters (1e-9 relative: float64 sums split in two halves) and
-    exactly each other's (the all_reduce hands both the same bits)."""
-    reference, losses = dist_worker.train(optimizer, None)
+    exactly each other's (the all_reduce hands both the same bits). Gradients sent in
+    buckets during backward, or all at once after it (as a batch run in parts does)."""
+    reference, losses = dist_worker.train(optimizer.split("-")[0], None)
     ranks = [torch.load(dist_api_run / f"{optimizer}-{r}.pt") for r in (0, 1)]
     for rank in ranks:
         assert_same_params(rank["params"], reference)
         assert rank["losses"] == pytest.approx(losses, rel=1e-12)
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
-    start, _ = dist_worker.train(optimizer, None, steps=0)
+    start, _ = dist_worker.train("sgd", None, steps=0)
     assert relative(reference["conv1.weight"], start["conv1.weight"]) > 1e-5  # moved: 1e-9 means something
+
+
+def test_gradient_buckets_leave_during_backward():
+    """The U-Net's flat gradient cut into buckets from its tail: they tile the buffer,
+    all but the head's are ready before backward's last kernel, the first one when
+    less than 60% of the plan's kernels (forward and backward) have run."""
+    spec = load_spec(ROOT / "specs" / "unet.yaml")
+    prog = compile(spec, (1, 3, 32, 32))
+    compiled = prog.compilations[0]
+    order = {value: i for i, value in enumerate(compiled.schedule.order)}
+    writers = {p: order[g] for p, g in compiled.graph.grads.items()}
+    buckets = _cut(prog.grads, writers, 4)
+    flat = flat_view(list(prog.grads.values()))
+    assert sum(b.numel() for b, _ in buckets) == flat.numel() and len(buckets) == 4
+    assert buckets[-1][0].data_ptr() == flat.data_ptr()  # the head, sent last
+    last = len(compiled.schedule.order) - 1
+    assert buckets[-1][1] == last and all(ready < last for _, ready in buckets[:-1])
+    assert buckets[0][1] < 0.6 * last
+    assert [ready for _, ready in buckets] == sorted(ready for _, ready in buckets)
 
 
 @pytest.fixture(scope="module")

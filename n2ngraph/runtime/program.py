@@ -18,6 +18,7 @@ import torch
 from ..compiler.fit import check_params_fit_memory
 from ..compiler.shapes import needed_nodes
 from ..compiler.spec import OptimizerSpec, Spec
+from .buckets import GradientBuckets, bucketable
 from .cuda_graphs import CudaGraphs
 from .distributed import GradientSum, as_ranks
 from .flat import packed, packed_like
@@ -110,6 +111,7 @@ class Program:
         self._vjp_plans: dict[torch.Size, VjpPlan] = {}  # by the first input's shape
         self._kept: KeptForward | None = None  # what a vjp plan holds after vjp_forward
         self._reduction = GradientSum(self.ranks, self.grads) if self.ranks else None
+        self._buckets: dict[int, GradientBuckets] = {}  # by id of the plan they are cut for
         if self.ranks is not None:
             self.ranks.broadcast(self.params)
 
@@ -190,6 +192,8 @@ class Program:
         loss."""
         bound, shapes = self._training_inputs(inputs)
         parts = self.batch_parts(shapes)
+        if len(parts) == 1 and self._reduction is not None and bucketable(self.grads):
+            return self._run_in_buckets(bound, shapes, parts[0][1])
         if len(parts) == 1:
             loss = self._run_training_plan(bound)
         else:
@@ -200,6 +204,18 @@ class Program:
         if self._reduction is not None:
             loss = self._reduction(loss, parts[-1][1])
         return loss
+
+    def _run_in_buckets(self, bound: Mapping[str, torch.Tensor], shapes, rows: int) -> float:
+        """A data-parallel forward and backward whose gradients leave in buckets while
+        backward still runs (buckets.py); returns the global batch's loss."""
+        compiled = self.compiled("train", shapes)
+        buckets = self._buckets.get(id(compiled))
+        if buckets is None:
+            order = {value: i for i, value in enumerate(compiled.schedule.order)}
+            writers = {p: order[g] for p, g in compiled.graph.grads.items()}
+            buckets = self._buckets[id(compiled)] = GradientBuckets(self.ranks, self.grads, writers)
+        compiled.executable.run(bound, after=buckets.after)
+        return buckets.finish(compiled.executable.values[self.spec.loss].item(), rows)
 
     def _run_training_plan(self, bound: Mapping[str, torch.Tensor], part: int | None = None) -> float:
         shapes = self.input_shapes(bound[self.spec.inputs[0].name].shape)
