@@ -203,3 +203,23 @@ def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
     assert "stopped by SIGTERM" in outputs[0][0] and not outputs[1][0]
     state = load_checkpoint(tmp_path / "run" / "last.safetensors")[2]
     assert (state["epoch"], state["step"]) == (0, 4)
+
+
+def test_ctrl_c_on_the_launcher_stops_every_rank_after_one_checkpoint(tmp_path):
+    """SIGINT to torchrun (Ctrl-C), which forwards it to the ranks: both stop after the
+    same step, rank 0 saves it and says so, and the run resumes from there."""
+    argv = [*TORCHRUN, SPEC, "--train", "--run-dir", "run", "--epochs", "50", *RUN]
+    launcher = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "last.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # some steps in
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=90)
+    assert out.count("stopped by Ctrl-C: saved") == 1, (out, err)
+    state = load_checkpoint(tmp_path / "run" / "last.safetensors")[2]
+    assert f"at epoch {state['epoch'] + 1}, step {state['step']};" in out
+    assert main(["--resume", str(tmp_path / "run"), "--max-steps", "1", "--no-progress",
+                 "--threads", "1"]) == 0
