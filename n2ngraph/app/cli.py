@@ -27,6 +27,7 @@ from ..codegen.build import compiler as codegen_compiler
 from ..compiler.parse import load_spec, parse_spec
 from ..compiler.spec import OPTIMIZERS, SCHEDULES, Spec
 from ..errors import SpecError
+from ..runtime.distributed import DEFAULT_TIMEOUT, RankLost
 from ..runtime.program import compile
 from . import pretrained
 from .checkpoint import CheckpointError, check_params_fit, load_checkpoint
@@ -34,6 +35,7 @@ from .config import MAX_COUNT, PAIRS_FROM, SettingError, check_memory, check_set
 from .data import DataError
 from .fileio import WriteError, make_directory, safe_component
 from .images import ALIGN, TILE
+from .parallel import LaunchError, error_prefix, join_if_launched, leader, on_leader, report
 from .train import RunDirectoryError, TrainingDiverged
 
 EXAMPLES = """\
@@ -66,7 +68,11 @@ fixed noisy copy of each photo and validates on clean crops.
 
 exit status: 0 done (or stopped by --max-steps), 2 bad input, 3 training diverged (its
 loss or gradients went nan or inf; the checkpoints written before are kept), 130 stopped
-by Ctrl-C, 143 by SIGTERM (after saving a checkpoint that --resume continues)
+by Ctrl-C, 143 by SIGTERM (after saving a checkpoint that --resume continues), 4 lost
+another rank of a data-parallel run (docs/distributed.md)
+
+data-parallel (docs/distributed.md): torchrun --standalone --nproc_per_node 2 -m n2ngraph.run
+  specs/noise2noise.yaml --train --threads 1       --batch stays the global batch
 """
 
 
@@ -75,8 +81,9 @@ class UsageError(Exception):
 
 
 USER_ERRORS = (SpecError, DataError, CheckpointError, UsageError, RunDirectoryError,
-               WriteError)
+               WriteError, LaunchError)
 DIVERGED = 3  # the exit status of a training run stopped by a nan or an inf
+LOST_RANK = 4  # the exit status of a rank that lost another rank of its data-parallel run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--crop", type=int, help="training crop size")
     r.add_argument("--pairs", type=int, help="training pairs per epoch")
     r.add_argument("--seed", type=int)
-    r.add_argument("--run", metavar="DIR", help="run directory (default runs/<spec>-<time>)")
+    r.add_argument("--run", "--run-dir", metavar="DIR", dest="run",
+                   help="run directory (default runs/<spec>-<time>); --run-dir under torchrun, "
+                        "whose own parser takes --run for its --run-path")
     r.add_argument("--from-weights", metavar="FILE|RUNDIR|shipped",
                    help="start from these parameters instead of fresh ones (fine-tuning): a "
                         "checkpoint, a run's best one, or 'shipped' for the spec's shipped weights")
@@ -142,7 +151,10 @@ def _parser() -> argparse.ArgumentParser:
                         "they are faster, e.g. Winograd 3x3 convs (default); --no-codegen "
                         "keeps to tensor-op kernels")
     d.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 "
-                   "is often fastest at small batches or on a busy machine)")
+                   "is often fastest at small batches or on a busy machine); per rank under torchrun")
+    d.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"under torchrun: seconds a rank waits for the others before it stops "
+                        f"with an error (default {DEFAULT_TIMEOUT:g})")
     d.add_argument("--weights", metavar="FILE|RUNDIR", help="checkpoint, or a run's best one "
                    "(default for --eval, --denoise: the weights shipped for the spec)")
     d.add_argument("--ensemble", action="store_true",
@@ -238,9 +250,18 @@ def _check_options(args) -> None:
 def _model(spec: Spec, config, dtype, args):
     r = config.recipe
     shape = (r.batch, spec.inputs[0].channels, config.train_crop, config.train_crop)
+    ranks = getattr(args, "ranks", None)
+    if ranks is not None and r.batch % ranks.size:
+        raise UsageError(f"--batch {r.batch} cannot be shared by {ranks.size} ranks: the global "
+                         f"batch must be a multiple of the number of ranks")
+    if ranks is not None and config.pairs_from == "single":
+        raise UsageError("--pairs-from single trains in one process only, for now: launch it "
+                         "without torchrun")
+    if ranks is not None:
+        shape = (r.batch // ranks.size, *shape[1:])
     return compile(spec, shape, device=config.device, dtype=dtype, seed=r.seed,
                    optimizer=r.optimizer, clip_grad_norm=r.clip_grad_norm or 0.0,
-                   cuda_graphs=args.cuda_graphs, codegen=args.codegen)
+                   cuda_graphs=args.cuda_graphs, codegen=args.codegen, group=ranks)
 
 
 def _default_run(spec: Spec, kind: str = "") -> Path:
@@ -304,7 +325,7 @@ def _train_to_end(run, data, config, dtype, args) -> int:
     """Trains ``run`` on and returns the exit status: 0 when it finished or stopped at
     --max-steps; 128 + the signal's number when Ctrl-C (130) or SIGTERM (143) stopped it
     after saving, as a shell reports a process a signal ended, so ``train && eval`` stops."""
-    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress):
+    if run.train(data, max_steps=args.max_steps, progress=not args.no_progress) and run.leader:
         _finish_run(run, data, config, dtype)
     return 128 + run.stopped_by if run.stopped_by else 0
 
@@ -312,33 +333,45 @@ def _train_to_end(run, data, config, dtype, args) -> int:
 # ---- modes -------------------------------------------------------------------------
 
 
+def _check_new_run(directory: Path) -> None:
+    if os.path.lexists(directory):  # a link to nowhere too: mkdir would fail on it
+        raise UsageError(f"run directory {directory} already exists: continue it with "
+                         f"--resume {directory}, or choose another --run")
+
+
+def _start_weights(spec: Spec, args) -> Path | None:
+    """The checkpoint --from-weights names, checked to exist (None without it)."""
+    if not args.from_weights:
+        return None
+    start = (_shipped_weights(spec, "--from-weights") if args.from_weights == "shipped"
+             else _weights_file(args.from_weights))
+    if not start.is_file():
+        raise UsageError(f"--from-weights {args.from_weights}: no such checkpoint ({start})")
+    return start
+
+
 def do_train(args) -> int:
     from .train import Run, prepare_data
 
     _check_max_steps(args)
     spec, text = _spec(args)
-    directory = Path(args.run) if args.run else _default_run(spec)
-    if os.path.lexists(directory):  # a link to nowhere too: mkdir would fail on it
-        raise UsageError(f"run directory {directory} already exists: continue it with "
-                         f"--resume {directory}, or choose another --run")
-    start = None
-    if args.from_weights:  # checked before any data is made or any file written
-        start = (_shipped_weights(spec, "--from-weights") if args.from_weights == "shipped"
-                 else _weights_file(args.from_weights))
-        if not start.is_file():
-            raise UsageError(f"--from-weights {args.from_weights}: no such checkpoint ({start})")
+    directory = Path(on_leader(args.ranks, lambda: args.run or str(_default_run(spec))))
+    on_leader(args.ranks, lambda: _check_new_run(directory))
+    start = on_leader(args.ranks, lambda: _start_weights(spec, args))  # before any data or file
     config = _config(spec, args, from_weights=str(start) if start else None)
     data = prepare_data(config)
     dtype = _dtype(args)
     model = _model(spec, config, dtype, args)
-    if start is not None:
-        _read_params_into(model, spec, start)
+    if start is not None:  # read by rank 0 alone, whose parameters every rank then takes
+        on_leader(args.ranks, lambda: _read_params_into(model, spec, start))
     with Run(directory, spec, text, model, config, dtype=dtype) as run:
         run.create()
         r = config.recipe
-        print(f"training {spec.name} into {directory}: {r.epochs} epochs, batch {r.batch}, "
-              f"{r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; "
-              f"{data.description}" + (f"; starting from the parameters in {start}" if start else ""))
+        leader(args.ranks, f"training {spec.name} into {directory}: {r.epochs} epochs, batch "
+               f"{r.batch}, {r.optimizer.name} lr {r.optimizer.lr}, {r.schedule.name} schedule; "
+               f"{data.description}" + (f"; starting from the parameters in {start}" if start else "")
+               + (f"; {args.ranks.size} ranks, {r.batch // args.ranks.size} rows each"
+                  if args.ranks else ""))
         return _train_to_end(run, data, config, dtype, args)
 
 
@@ -366,16 +399,7 @@ def do_resume(args) -> int:
     _check_nothing_resume_ignores(args)
     directory = Path(args.resume)
     config_path, spec_path = directory / "config.json", directory / "spec.yaml"
-    for path in (config_path, spec_path):
-        if not path.is_file():
-            raise UsageError(f"{path}: missing; is {directory} a run directory?")
-    if args.spec:
-        _check_resumed_spec(args.spec, spec_path)
-    try:
-        record = json.loads(config_path.read_text())
-    except ValueError as e:
-        raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
-    text = _read_text(spec_path)
+    text, record = on_leader(args.ranks, lambda: _read_run_files(args, directory))
     spec = parse_spec(text, file=str(spec_path))
     try:
         config = TrainConfig.from_record(spec, record)
@@ -398,11 +422,28 @@ def do_resume(args) -> int:
     with Run(directory, spec, text, model, config, dtype=dtype) as run:
         run.resume()
         if run.epoch >= config.recipe.epochs:
-            print(f"{directory}: already trained for {config.recipe.epochs} epochs")
+            leader(args.ranks, f"{directory}: already trained for {config.recipe.epochs} epochs")
             return 0
         data = prepare_data(config)
-        print(f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}")
+        leader(args.ranks, f"resuming {directory} at epoch {run.epoch + 1}, step {run.step}"
+               + (f" on {args.ranks.size} ranks" if args.ranks else ""))
         return _train_to_end(run, data, config, dtype, args)
+
+
+def _read_run_files(args, directory: Path) -> tuple[str, dict]:
+    """(spec text, recorded settings) of the run in ``directory``: read by rank 0 alone
+    in a data-parallel run (the other ranks may be on machines without the directory)."""
+    config_path, spec_path = directory / "config.json", directory / "spec.yaml"
+    for path in (config_path, spec_path):
+        if not path.is_file():
+            raise UsageError(f"{path}: missing; is {directory} a run directory?")
+    if args.spec:
+        _check_resumed_spec(args.spec, spec_path)
+    try:
+        record = json.loads(config_path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{config_path}: unreadable run configuration ({e})") from None
+    return _read_text(spec_path), record
 
 
 def _check_resumed_spec(given: str, recorded: Path) -> None:
@@ -719,24 +760,32 @@ def main(argv: list[str] | None = None) -> int:
     modes = [("train", do_train), ("resume", do_resume), ("eval", do_eval),
              ("denoise", do_denoise), ("sweep", do_sweep), ("export", do_export)]
     action = next((fn for name, fn in modes if getattr(args, name)), do_summary)
+    args.ranks = None
     try:
+        args.ranks = join_if_launched(action in (do_train, do_resume), args.rank_timeout)
         _check_options(args)
-        return action(args)
+        status = action(args)
+        if args.ranks is not None:
+            args.ranks.close()
+        return status
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(args.ranks, str(e))
         return 2
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(args.ranks, str(e))
         return DIVERGED
+    except RankLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return LOST_RANK
     except CodegenError as e:  # raised while plans are built, before any step
-        print(f"error: {e}; --no-codegen runs the tensor-op kernels instead", file=sys.stderr)
+        report(args.ranks, f"{e}; --no-codegen runs the tensor-op kernels instead")
         return 2
     except OSError as e:  # a file the system refused where no check above names it better
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        report(args.ranks, f"{where}{e.strerror or e}")
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C while training, or one elsewhere
-        print("interrupted", file=sys.stderr)
+        print(f"{error_prefix(args.ranks)}interrupted", file=sys.stderr)
         return 130
 
 

@@ -49,7 +49,7 @@ from .folder import PhotoFolder
 from .images import self_ensemble
 from .metrics import psnr
 from .neighbours import GAMMA, NeighbourLoss, NoisyCopies, SinglePhotos, self_supervised_validation
-from .pairs import EpochPlan, FixedPairs, PhotoPairs
+from .pairs import EpochPlan, FixedPairs, PhotoPairs, share
 from .stream import BatchStream
 
 
@@ -264,6 +264,10 @@ class Run:
         self.rows: list[dict] = []  # metrics.csv: a row per finished epoch
         self.stopped_by: int | None = None  # the signal that stopped train(), if one did
         self._lock = None
+        self.ranks = getattr(model, "ranks", None)  # a data-parallel Program's (distributed.py)
+        self.leader = self.ranks is None or self.ranks.leader  # the one that writes files
+        if not self.leader:
+            self.log = lambda *_: None
         self.recent = Recent(model.state_dict())  # where the last steps started (divergence.py)
 
     def __enter__(self) -> "Run":
@@ -282,7 +286,22 @@ class Run:
         """Makes the run directory whole or not at all: config.json, spec.yaml and the
         starting checkpoint, written beside it and renamed into place. A kill before the
         first step then leaves a run ``--resume`` continues, from parameters (fresh or
-        ``--from-weights``) recorded bit for bit rather than drawn or read again."""
+        ``--from-weights``) recorded bit for bit rather than drawn or read again.
+        In a data-parallel run rank 0 alone does it, then hands its state to every rank."""
+        self._led(self._create)
+
+    def _led(self, work) -> None:
+        """``work()`` in one process; in a data-parallel run, on rank 0 alone (its error
+        raised on every rank), then rank 0's parameters, optimizer and position given to
+        every rank: the other ranks never touch the run directory."""
+        if self.ranks is None:
+            return work()
+        self.ranks.led(work)
+        self.model.share_state()
+        position = self.ranks.from_leader((self.epoch, self.step, self.best, self.running, self.rows))
+        self.epoch, self.step, self.best, self.running, self.rows = position
+
+    def _create(self) -> None:
         try:
             with created_whole(self.dir) as (temp, self._lock):
                 write_atomic(temp / "config.json", lambda t: Path(t).write_text(
@@ -298,7 +317,11 @@ class Run:
 
     def resume(self) -> None:
         """Takes the directory's lock, removes the temp files a killed process left, and
-        restores the run from ``last.safetensors``, metrics.csv included."""
+        restores the run from ``last.safetensors``, metrics.csv included (rank 0 alone,
+        in a data-parallel run, which then hands the state to every rank)."""
+        self._led(self._resume)
+
+    def _resume(self) -> None:
         try:
             self._lock = lock_directory(self.dir)
         except DirectoryBusy as e:
@@ -319,7 +342,8 @@ class Run:
         self._write_metrics()
 
     def save(self, name: str) -> None:
-        self._checkpoint(self.dir / name)
+        if self.leader:
+            self._checkpoint(self.dir / name)
 
     def _checkpoint(self, path: Path) -> None:
         optimizer = self.model.optimizer.state_dict()
@@ -360,6 +384,8 @@ class Run:
         """metrics.csv as the rows the run holds, replaced whole: written after the
         checkpoint that holds them, it never has a row ``last.safetensors`` lacks."""
         path = self.dir / "metrics.csv"
+        if not self.leader:
+            return
         if not self.rows:
             path.unlink(missing_ok=True)
             return
@@ -393,7 +419,7 @@ class Run:
         return False
 
     def _train(self, data: Data, max_steps: int | None, progress: bool, stop: "StopRequests") -> bool:
-        with BatchStream(data.pairs, self.config.recipe.epochs) as batches:
+        with BatchStream(data.pairs, self.config.recipe.epochs, self._rows()) as batches:
             return self._epochs(batches, data, max_steps, progress, stop)
 
     def _epochs(self, batches: BatchStream, data: Data, max_steps: int | None, progress: bool,
@@ -407,7 +433,8 @@ class Run:
             stream = batches.epoch(self.epoch, self.step)
             started = time.perf_counter()
             bar = tqdm(total=per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{r.epochs}",
-                       unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+                       unit="step", disable=not (progress and self.leader), leave=False,
+                       dynamic_ncols=True)
             with bar:
                 for batch_a, batch_b in self._saved_on_data_error(stream):
                     self._step(batch_a, batch_b, per_epoch, data.loss)
@@ -418,7 +445,7 @@ class Run:
                         bar.set_postfix(loss=f"{self.running[0] / self.running[1]:.5f}",
                                         samples_s=f"{rate * r.batch:,.0f}")
                     steps_done += 1
-                    if stop.requested:
+                    if self._stop_agreed(stop):
                         bar.close()
                         return self._stop(stop)
                     if max_steps is not None and steps_done >= max_steps:
@@ -426,9 +453,24 @@ class Run:
                         self.save("last.safetensors")
                         return False
             self._end_epoch(data, time.perf_counter() - started, per_epoch - first_step)
-            if stop.requested and self.epoch < r.epochs:
+            if self._stop_agreed(stop) and self.epoch < r.epochs:
                 return self._stop(stop)
         return True
+
+    def _rows(self) -> range | None:
+        """The rows of each batch this rank trains on (pairs.share); all when alone."""
+        if self.ranks is None:
+            return None
+        return share(self.ranks.rank, self.ranks.size, self.config.recipe.batch)
+
+    def _stop_agreed(self, stop: "StopRequests") -> bool:
+        """Whether to stop here: in a data-parallel run, whether any rank was asked to
+        (Ctrl-C reaches the ranks one by one), so that all stop after the same step."""
+        if self.ranks is not None:
+            signum = self.ranks.largest(stop.signum or 0, "agreeing whether to stop")
+            if signum and not stop.requested:
+                stop.requested, stop.signum = StopRequests.SIGNALS[signum], signum
+        return stop.requested is not None
 
     def _saved_on_data_error(self, batches):
         """The batches; a DataError drawing them (a photo that no longer decodes: the
@@ -500,14 +542,28 @@ class Run:
         return TrainingDiverged(f"training diverged: {detected}; {where}{saved}; try a learning "
                                 f"rate lower than {self.config.recipe.optimizer.lr:g}")
 
+    def _validate(self, data: Data) -> tuple[float, float]:
+        """``evaluate`` on the validation crops; in a data-parallel run each rank
+        evaluates a contiguous share of them and the per-crop PSNRs are summed."""
+        noisy, clean, device = data.val_noisy, data.val_clean, self.config.device
+        if self.ranks is None:
+            return evaluate(self.model, noisy, clean, device=device, dtype=self.dtype)
+        rank, size, n = self.ranks.rank, self.ranks.size, len(noisy)
+        lo, hi = n * rank // size, n * (rank + 1) // size
+        sums = [0.0, 0.0, 0.0]
+        if hi > lo:
+            i, o = evaluate(self.model, noisy[lo:hi], clean[lo:hi], device=device, dtype=self.dtype)
+            sums = [i * (hi - lo), o * (hi - lo), float(hi - lo)]
+        i, o, count = self.ranks.total(sums, self.model.device, "validating")
+        return i / count, o / count
+
     def _end_epoch(self, data: Data, seconds: float, steps: int) -> None:
         """Validates, records and logs the epoch that ``steps`` steps in ``seconds``
         finished, then moves to the next one, saving the checkpoints and then the metrics
         from them (a kill between the two: ``resume`` writes the metrics again)."""
         r = self.config.recipe
         self._check_state()
-        input_psnr, output_psnr = evaluate(self.model, data.val_noisy, data.val_clean,
-                                           device=self.config.device, dtype=self.dtype)
+        input_psnr, output_psnr = self._validate(data)
         total, count = self.running
         throughput = steps * r.batch / seconds
         row = {"epoch": self.epoch + 1, "train_loss": f"{total / max(count, 1):.6f}",

@@ -61,9 +61,15 @@ class Executable:
         args = {name: self.values[source] for name, source in node.args}
         return node.impl.prepare(self.values[value], scratch, **args)
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+    def run(self, inputs: Mapping[str, torch.Tensor],
+            after: Mapping[int, Callable[[], None]] | None = None) -> None:
+        """Runs the plan on ``inputs``; ``after[i]()``, if given, right after kernel i
+        (a data-parallel step starts sending a gradient bucket there: distributed.py)."""
         self.load(inputs)
-        self.run_kernels()
+        if after:
+            self._run_segments(self.segments, after)
+        else:
+            self.run_kernels()
 
     def run_steps(self, inputs: Mapping[str, torch.Tensor], start: int, stop: int) -> None:
         """Copies ``inputs`` (some of the plan's) into their buffers, then runs kernels
@@ -85,19 +91,24 @@ class Executable:
         """Every kernel once, on the inputs already loaded (what a CUDA graph captures)."""
         self._run_segments(self.segments)
 
-    def _run_segments(self, segments: tuple) -> None:
-        """Each segment's kernels, on one thread where it is marked serial."""
+    def _run_segments(self, segments: tuple, after: Mapping[int, Callable[[], None]] | None = None) -> None:
+        """Each segment's kernels, on one thread where it is marked serial; ``after``'s
+        calls after the kernels they are keyed by (indices from the plan's first)."""
         threads = torch.get_num_threads()
-        if threads == 1 or len(segments) == 1 and not segments[0][0]:
+        if after is None and (threads == 1 or len(segments) == 1 and not segments[0][0]):
             for _, steps in segments:
                 for step in steps:
                     step()
             return
+        index = 0
         try:
             for serial, steps in segments:
-                torch.set_num_threads(1 if serial else threads)
+                torch.set_num_threads(1 if serial or threads == 1 else threads)
                 for step in steps:
                     step()
+                    if after is not None and index in after:
+                        after[index]()
+                    index += 1
         finally:
             torch.set_num_threads(threads)
 

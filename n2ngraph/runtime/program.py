@@ -18,7 +18,9 @@ import torch
 from ..compiler.fit import check_params_fit_memory
 from ..compiler.shapes import needed_nodes
 from ..compiler.spec import OptimizerSpec, Spec
+from .buckets import GradientBuckets, bucketable
 from .cuda_graphs import CudaGraphs
+from .distributed import GradientSum, as_ranks
 from .flat import packed, packed_like
 from .init import initial_params
 from .optim import ClipGradNorm, make_optimizer
@@ -34,7 +36,7 @@ def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu
             dtype: torch.dtype = torch.float32, seed: int | None = None,
             init: str | None = None, optimizer: OptimizerSpec | None = None,
             clip_grad_norm: float | None = None, rewrite: bool = True,
-            cuda_graphs: bool = True, codegen: bool = True) -> "Program":
+            cuda_graphs: bool = True, codegen: bool = True, group=None) -> "Program":
     """Compiles ``spec`` for inputs of ``input_shape`` (N, C, H, W).
 
     ``input_shape`` is the shape of the first input; other inputs (the target) share its
@@ -45,10 +47,12 @@ def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu
     graph (executor.Replay); ``False`` launches every kernel from Python instead.
     ``codegen=False`` keeps to tensor-op kernels, never the generated ones
     (``kernels/table.py``); so does a machine without a C compiler.
+    ``group`` (a torch.distributed process group, or ``distributed.Ranks``) makes it one
+    rank of a data-parallel run: see ``Program``.
     """
     program = Program(spec, device=device, dtype=dtype, seed=seed, init=init, optimizer=optimizer,
                       clip_grad_norm=clip_grad_norm, rewrite=rewrite, cuda_graphs=cuda_graphs,
-                      codegen=codegen)
+                      codegen=codegen, group=group)
     if input_shape is None:
         first = spec.inputs[0]
         input_shape = (spec.train.batch, first.channels, spec.train.crop, spec.train.crop)
@@ -58,14 +62,20 @@ def compile(spec: Spec, input_shape: Sequence[int] | None = None, *, device="cpu
 
 class Program:
     """A compiled spec with its parameters, gradients and optimizer (``compile`` makes
-    one): the plans, one per kind of run and input shape, share them."""
+    one): the plans, one per kind of run and input shape, share them.
+
+    With a process ``group`` (every rank of it constructs its Program together), the
+    parameters are rank 0's from the start, and ``train_step`` and ``loss`` take this
+    rank's equal share of the global batch and return the global batch's loss, its
+    gradients summed over the ranks (distributed.py), so every rank takes the same step.
+    CUDA graphs are off then: a step waits on the other ranks."""
 
     def __init__(self, spec: Spec, *, device="cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, init: str | None = None,
                  optimizer: OptimizerSpec | None = None,
                  params: Mapping[str, torch.Tensor] | None = None,
                  clip_grad_norm: float | None = None, rewrite: bool = True,
-                 cuda_graphs: bool = True, codegen: bool = True):
+                 cuda_graphs: bool = True, codegen: bool = True, group=None):
         """``params``, when given, are adopted as the parameters, not copied: the
         program reads (and its optimizer updates) those very tensors, so an in-place
         edit by their owner is seen by the next run (the ``compat`` modules rely on it)."""
@@ -93,12 +103,17 @@ class Program:
                                 codegen=codegen)
         self._cache: dict[tuple, Compiled] = {}
         self._part_grads = PartGradients(self.grads)
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.ranks = as_ranks(group)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and self.ranks is None
         self._graphs = CudaGraphs(self.optimizer, self.clip)
         needed = needed_nodes(spec, [spec.output])
         self._vjp_inputs = tuple(n for n in spec.input_names if n in needed)  # what vjp reads
         self._vjp_plans: dict[torch.Size, VjpPlan] = {}  # by the first input's shape
         self._kept: KeptForward | None = None  # what a vjp plan holds after vjp_forward
+        self._reduction = GradientSum(self.ranks, self.grads) if self.ranks else None
+        self._buckets: dict[int, GradientBuckets] = {}  # by id of the plan they are cut for
+        if self.ranks is not None:
+            self.ranks.broadcast(self.params)
 
     # ---- plans -----------------------------------------------------------------
     def input_shapes(self, first: Sequence[int]) -> dict[str, Shape]:
@@ -177,13 +192,30 @@ class Program:
         loss."""
         bound, shapes = self._training_inputs(inputs)
         parts = self.batch_parts(shapes)
+        if len(parts) == 1 and self._reduction is not None and bucketable(self.grads):
+            return self._run_in_buckets(bound, shapes, parts[0][1])
         if len(parts) == 1:
-            return self._run_training_plan(bound)
+            loss = self._run_training_plan(bound)
+        else:
+            def run_part(part: int) -> float:
+                lo, hi = parts[part]
+                return self._run_training_plan({name: t[lo:hi] for name, t in bound.items()}, part)
+            loss = run_in_parts(parts, run_part, self._part_grads)
+        if self._reduction is not None:
+            loss = self._reduction(loss, parts[-1][1])
+        return loss
 
-        def run_part(part: int) -> float:
-            lo, hi = parts[part]
-            return self._run_training_plan({name: t[lo:hi] for name, t in bound.items()}, part)
-        return run_in_parts(parts, run_part, self._part_grads)
+    def _run_in_buckets(self, bound: Mapping[str, torch.Tensor], shapes, rows: int) -> float:
+        """A data-parallel forward and backward whose gradients leave in buckets while
+        backward still runs (buckets.py); returns the global batch's loss."""
+        compiled = self.compiled("train", shapes)
+        buckets = self._buckets.get(id(compiled))
+        if buckets is None:
+            order = {value: i for i, value in enumerate(compiled.schedule.order)}
+            writers = {p: order[g] for p, g in compiled.graph.grads.items()}
+            buckets = self._buckets[id(compiled)] = GradientBuckets(self.ranks, self.grads, writers)
+        compiled.executable.run(bound, after=buckets.after)
+        return buckets.finish(compiled.executable.values[self.spec.loss].item(), rows)
 
     def _run_training_plan(self, bound: Mapping[str, torch.Tensor], part: int | None = None) -> float:
         shapes = self.input_shapes(bound[self.spec.inputs[0].name].shape)
@@ -285,6 +317,19 @@ class Program:
         return bound, plan
 
     # ---- parameters ------------------------------------------------------------
+    def share_state(self) -> None:
+        """Every rank's parameters and optimizer state made rank 0's (a collective): after
+        rank 0 alone loaded them from a checkpoint."""
+        if self.ranks is None:
+            return
+        self.ranks.broadcast(self.params)
+        for kind, buffers in self.optimizer.buffers.items():
+            self.ranks.broadcast(buffers, f"sharing the optimizer's {kind}")
+        own = {f"{kind}.{name}": t for kind, buffers in self.optimizer.buffers.items()
+               for name, t in buffers.items()}  # already rank 0's: only the step count
+        self.optimizer.load_state_dict({"steps": self.ranks.from_leader(self.optimizer.steps),
+                                        "tensors": own})
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters by torch.nn name (``conv1.weight``), in network order. Like
         torch.nn, the tensors are the live parameters: clone them to keep a snapshot."""
