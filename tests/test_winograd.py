@@ -151,3 +151,16 @@ def test_the_unet_trains_alike_with_and_without_generated_kernels(one_thread):
             torch.testing.assert_close(programs[0].grads[key], grad, rtol=1e-10, atol=1e-12)
     photo = torch.rand(1, 3, 37, 29, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(programs[0].forward(photo), programs[1].forward(photo), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("generated", GENERATED, ids=["tensor-ops", "generated"][:len(GENERATED)])
+def test_rows_wider_than_a_block_of_tiles(generated, one_thread):
+    """A row of more tiles than the generated loops take at once (codegen/winograd.BLOCK),
+    cut at an odd place, with padding on the left: the blocks join up exactly."""
+    from n2ngraph.codegen.winograd import BLOCK
+
+    width = 4 * BLOCK + 4 * 3 + 1
+    x, weight, bias, gout = _case(1, 2, 3, 5, width, (1, 2), seed=7)
+    got = _three(Conv2d(2, 3, 3, padding=(1, 2)), generated, x, weight, bias, gout)
+    for mine, want in zip(got, _oracle(x, weight, bias, gout, (1, 2))):
+        torch.testing.assert_close(mine, want, rtol=1e-11, atol=1e-11)

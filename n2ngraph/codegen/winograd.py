@@ -82,9 +82,14 @@ def _two_d(matrix, source, target) -> list[str]:
     return lines
 
 
-_HEADER = """\
+BLOCK = 128
+"""Tiles of a row transformed together: the per-thread arrays are [6][6][BLOCK], about
+40 KB in double, whatever the image's width (a thread's stack may be small)."""
+
+_HEADER = f"""\
 #include <stdint.h>
 typedef int64_t I;
+#define BLOCK {BLOCK}
 """
 
 # Each transform runs over one row of tiles at a time: the row's tiles are gathered into
@@ -99,32 +104,34 @@ void wino_input_{S}(const T* x, T* V, I N, I C, I H, I W, I sn, I sc, I sh, I sw
   #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
   for (I c = 0; c < C; c++)
     for (I n = 0; n < N; n++) {{
-      T d[6][6][tw], line[4 * tw + 2];
+      T d[6][6][BLOCK], line[4 * BLOCK + 2];
       const T* plane = x + n * sn + c * sc;
-      const I width = 4 * tw + 2;
-      const I lo = pad_left < width ? pad_left : width;
-      const I hi = pad_left + W < width ? pad_left + W : width;
-      for (I i = 0; i < th; i++) {{
-        for (I r = 0; r < 6; r++) {{
-          const I h = 4 * i + r - pad_top;
-          if (h < 0 || h >= H) {{
-            for (I q = 0; q < width; q++) line[q] = (T)0;
-          }} else {{
-            const T* row = plane + h * sh - pad_left * sw;
-            for (I q = 0; q < lo; q++) line[q] = (T)0;
-            for (I q = lo; q < hi; q++) line[q] = row[q * sw];
-            for (I q = hi; q < width; q++) line[q] = (T)0;
+      for (I i = 0; i < th; i++)
+        for (I j0 = 0; j0 < tw; j0 += BLOCK) {{
+          const I jn = tw - j0 < BLOCK ? tw - j0 : BLOCK, width = 4 * jn + 2;
+          const I left = 4 * j0 - pad_left;  /* the input column of line[0] */
+          const I lo = left >= 0 ? 0 : (-left < width ? -left : width);
+          const I hi = W - left < width ? (W - left > lo ? W - left : lo) : width;
+          for (I r = 0; r < 6; r++) {{
+            const I h = 4 * i + r - pad_top;
+            if (h < 0 || h >= H) {{
+              for (I q = 0; q < width; q++) line[q] = (T)0;
+            }} else {{
+              const T* row = plane + h * sh + left * sw;
+              for (I q = 0; q < lo; q++) line[q] = (T)0;
+              for (I q = lo; q < hi; q++) line[q] = row[q * sw];
+              for (I q = hi; q < width; q++) line[q] = (T)0;
+            }}
+            for (I s = 0; s < 6; s++)
+              for (I j = 0; j < jn; j++)
+                d[r][s][j] = line[4 * j + s];
           }}
-          for (I s = 0; s < 6; s++)
-            for (I j = 0; j < tw; j++)
-              d[r][s][j] = line[4 * j + s];
-        }}
-        T* out = V + c * tiles + (n * th + i) * tw;
-        #pragma omp simd
-        for (I j = 0; j < tw; j++) {{
+          T* out = V + c * tiles + (n * th + i) * tw + j0;
+          #pragma omp simd
+          for (I j = 0; j < jn; j++) {{
 {TRANSFORM}
+          }}
         }}
-      }}
     }}
 }}
 """
@@ -138,20 +145,23 @@ void wino_output_{S}(const T* M, T* y, const T* bias, I N, I O, I Ho, I Wo,
   for (I o = 0; o < O; o++)
     for (I n = 0; n < N; n++) {{
       const T b = bias ? bias[o] : (T)0;
-      T Y[4][4][tw];
+      T Y[4][4][BLOCK];
       T* plane = y + n * sn + o * so;
-      for (I i = 0; i < th; i++) {{
-        const T* m = M + o * tiles + (n * th + i) * tw;
-        #pragma omp simd
-        for (I j = 0; j < tw; j++) {{
+      for (I i = 0; i < th; i++)
+        for (I j0 = 0; j0 < tw; j0 += BLOCK) {{
+          const I jn = tw - j0 < BLOCK ? tw - j0 : BLOCK;
+          const I end = 4 * (j0 + jn) < Wo ? 4 * (j0 + jn) : Wo;
+          const T* m = M + o * tiles + (n * th + i) * tw + j0;
+          #pragma omp simd
+          for (I j = 0; j < jn; j++) {{
 {TRANSFORM}
+          }}
+          for (I r = 0; r < 4 && 4 * i + r < Ho; r++) {{
+            T* row = plane + (4 * i + r) * sh;
+            for (I q = 4 * j0; q < end; q++)
+              row[q * sw] = Y[r][q & 3][(q >> 2) - j0] + b;
+          }}
         }}
-        for (I r = 0; r < 4 && 4 * i + r < Ho; r++) {{
-          T* row = plane + (4 * i + r) * sh;
-          for (I q = 0; q < Wo; q++)
-            row[q * sw] = Y[r][q & 3][q >> 2] + b;
-        }}
-      }}
     }}
 }}
 """
@@ -164,23 +174,25 @@ void wino_grad_output_{S}(const T* gy, T* Gy, I N, I O, I Ho, I Wo,
   #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
   for (I o = 0; o < O; o++)
     for (I n = 0; n < N; n++) {{
-      T g[4][4][tw];
+      T g[4][4][BLOCK];
       const T* plane = gy + n * sn + o * so;
-      for (I i = 0; i < th; i++) {{
-        for (I r = 0; r < 4; r++) {{
-          const I h = 4 * i + r;
-          for (I s = 0; s < 4; s++)
-            for (I j = 0; j < tw; j++) {{
-              const I w = 4 * j + s;
-              g[r][s][j] = (h < Ho && w < Wo) ? plane[h * sh + w * sw] : (T)0;
-            }}
-        }}
-        T* out = Gy + o * tiles + (n * th + i) * tw;
-        #pragma omp simd
-        for (I j = 0; j < tw; j++) {{
+      for (I i = 0; i < th; i++)
+        for (I j0 = 0; j0 < tw; j0 += BLOCK) {{
+          const I jn = tw - j0 < BLOCK ? tw - j0 : BLOCK;
+          for (I r = 0; r < 4; r++) {{
+            const I h = 4 * i + r;
+            for (I s = 0; s < 4; s++)
+              for (I j = 0; j < jn; j++) {{
+                const I w = 4 * (j0 + j) + s;
+                g[r][s][j] = (h < Ho && w < Wo) ? plane[h * sh + w * sw] : (T)0;
+              }}
+          }}
+          T* out = Gy + o * tiles + (n * th + i) * tw + j0;
+          #pragma omp simd
+          for (I j = 0; j < jn; j++) {{
 {TRANSFORM}
+          }}
         }}
-      }}
     }}
 }}
 """
@@ -189,7 +201,7 @@ void wino_grad_output_{S}(const T* gy, T* Gy, I N, I O, I Ho, I Wo,
 def _functions(suffix: str, c_type: str) -> str:
     """The three transforms for one element type."""
     def indented(lines):
-        return "\n".join(" " * 10 + line for line in lines)
+        return "\n".join(" " * 12 + line for line in lines)
     into = lambda a, b: f"out[({a * IN + b}) * stride + j]"
     transforms = {
         _INPUT: _two_d(BT, lambda r, c: f"d[{r}][{c}][j]", into),
