@@ -164,3 +164,47 @@ def test_rows_wider_than_a_block_of_tiles(generated, one_thread):
     got = _three(Conv2d(2, 3, 3, padding=(1, 2)), generated, x, weight, bias, gout)
     for mine, want in zip(got, _oracle(x, weight, bias, gout, (1, 2))):
         torch.testing.assert_close(mine, want, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.skipif(build.compiler() is None, reason="no C compiler on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_leaky_relu_epilogue_gives_the_same_bits(dtype, monkeypatch, one_thread):
+    """A leaky ReLU that alone reads a Winograd conv is applied by the conv's output
+    transform (compiler/lower.fuse_epilogues): the U-Net's losses, gradients and
+    inference are the same bits as with the ReLU run on its own."""
+    from n2ngraph.compiler import lower
+
+    spec = ng.load_spec(ROOT / "specs" / "unet.yaml")
+    shape = (2, 3, 20, 28)
+    fused = ng.compile(spec, shape, dtype=dtype, seed=1)
+    graph = fused.compiled("train", fused.input_shapes(shape)).graph
+    assert sum(node.impl is not None and node.impl.describe() == "WinogradForward + leaky_relu"
+               for node in graph.nodes.values()) == 10
+    monkeypatch.setattr(lower, "fuse_epilogues", lambda g: g)
+    apart = ng.compile(spec, shape, dtype=dtype, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x, t = (torch.rand(shape, generator=gen, dtype=dtype) for _ in range(2))
+        assert fused.train_step(x, t) == apart.train_step(x, t)
+        for key, grad in apart.grads.items():
+            assert torch.equal(fused.grads[key], grad), key
+    photo = torch.rand(1, 3, 33, 41, generator=gen, dtype=dtype)
+    assert torch.equal(fused.forward(photo), apart.forward(photo))
+
+
+def test_epilogues_fuse_only_a_winograd_conv_and_the_leaky_relu_alone_reading_it():
+    from n2ngraph.kernels import table
+    from n2ngraph.ops.activations import LeakyRelu, Relu
+
+    conv_op = Conv2d(32, 32, 3, padding=1)
+    wide = winograd.WinogradForward(conv_op)
+    fused, done = table.epilogue(wide, LeakyRelu(negative_slope=0.2))
+    assert fused.slope == 0.2 and isinstance(done, table.DoneByProducer)
+    assert table.epilogue(wide, Relu()) is None
+    assert table.epilogue(winograd.WinogradForward(conv_op, generated=False), LeakyRelu()) is None
+    assert table.epilogue(fused, LeakyRelu()) is None  # one epilogue
+    assert table.epilogue(kernel_for(conv_op, "forward", codegen=False), LeakyRelu()) is None
+    x = torch.randn(3, 4)
+    apart = torch.empty(3, 4)
+    done.run(apart, {}, x=x)  # not in place: a copy
+    assert torch.equal(apart, x)

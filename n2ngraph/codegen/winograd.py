@@ -11,7 +11,8 @@ transforms of the data are memory-bound passes that torch can only do as several
 ops, each a pass over 2.25x expanded data; here each is one generated C loop nest:
 
 - ``input``: x (N, C, H, W) -> V (36, C, T): every 6x6 tile, read once, zero outside x;
-- ``output``: M (36, O, T) -> y (N, O, Ho, Wo): A^T m A per tile, plus the bias;
+- ``output``: M (36, O, T) -> y (N, O, Ho, Wo): A^T m A per tile, plus the bias, and
+  where asked, the leaky ReLU that follows the conv (an epilogue: one pass saved);
 - ``grad_output``: gy (N, O, Ho, Wo) -> Gy (36, O, T): A g A^T per 4x4 tile of gy, which
   with V gives the weight gradient dU = sum over tiles of Gy V^T, then gW = G^T dU G.
 
@@ -138,7 +139,7 @@ void wino_input_{S}(const T* x, T* V, I N, I C, I H, I W, I sn, I sc, I sh, I sw
 
 _OUTPUT = """\
 void wino_output_{S}(const T* M, T* y, const T* bias, I N, I O, I Ho, I Wo,
-                     I sn, I so, I sh, I sw, I th, I tw, int threads)
+                     I sn, I so, I sh, I sw, I th, I tw, int act, T slope, int threads)
 {{
   const I tiles = N * th * tw, stride = O * tiles;
   #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
@@ -158,8 +159,10 @@ void wino_output_{S}(const T* M, T* y, const T* bias, I N, I O, I Ho, I Wo,
           }}
           for (I r = 0; r < 4 && 4 * i + r < Ho; r++) {{
             T* row = plane + (4 * i + r) * sh;
-            for (I q = 4 * j0; q < end; q++)
-              row[q * sw] = Y[r][q & 3][(q >> 2) - j0] + b;
+            for (I q = 4 * j0; q < end; q++) {{
+              const T v = Y[r][q & 3][(q >> 2) - j0] + b;
+              row[q * sw] = act && !(v > 0) ? v * slope : v;  /* leaky ReLU's own select */
+            }}
           }}
         }}
     }}

@@ -14,10 +14,13 @@ tensor-op kernels.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import torch
 
 from ..ops import Op
+from ..ops.activations import LeakyRelu
 from ..ops.conv2d import Conv2d
 from ..ops.conv_transpose import ConvTranspose2d
 from ..ops.upsample_conv import UpsampleConv2d
@@ -149,6 +152,30 @@ def upsample_conv_kernel(op: UpsampleConv2d, method: str, on_gpu: bool = False,
     kernel_class = {"forward": upsample_conv.PhaseForward, "grad_x": upsample_conv.PhaseGradX,
                     "grad_weight": upsample_conv.PhaseGradWeight}[method]
     return kernel_class(op.conv, _conv2d(phase, method, _tile(op.conv.tile, on_gpu)))
+
+
+@attrs.frozen
+class DoneByProducer(Kernel):
+    """An elementwise op its producer's kernel already applied (an epilogue): nothing is
+    left to compute; where the plan did not put the result over the input, a copy."""
+
+    def prepare(self, result, ws, /, x):
+        if result.data_ptr() == x.data_ptr() and result.stride() == x.stride():
+            return lambda: None
+        return functools.partial(result.copy_, x)
+
+    def describe(self) -> str:
+        return "done by its producer"
+
+
+def epilogue(producer: Kernel, consumer: Op) -> tuple[Kernel, Kernel] | None:
+    """The producer's kernel with ``consumer`` applied as it writes its result, and the
+    consumer's kernel then, where such a pair exists: a Winograd conv with generated
+    transforms followed by a leaky ReLU. None elsewhere."""
+    if (isinstance(producer, winograd.WinogradForward) and producer.generated
+            and producer.slope is None and isinstance(consumer, LeakyRelu)):
+        return attrs.evolve(producer, slope=float(consumer.negative_slope)), DoneByProducer()
+    return None
 
 
 def generated_or_own(op: Op, method: str, on_gpu: bool = False, codegen: bool = False) -> Kernel:

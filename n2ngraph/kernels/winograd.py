@@ -24,6 +24,7 @@ import torch
 
 from ..codegen import library
 from ..codegen import winograd as wg
+from ..ops.activations import LeakyRelu
 from ..ops.base import constant, in_order
 from ..ops.conv2d import Conv2d
 from . import conv
@@ -77,12 +78,13 @@ def build() -> None:
 def _generated():
     """The three transforms' C functions, built once per machine (cached on disk)."""
     lib = library("winograd", wg.source())
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    signatures = {"input": [ptr, ptr] + [i64] * 12 + [ctypes.c_int],
-                  "output": [ptr, ptr, ptr] + [i64] * 10 + [ctypes.c_int],
-                  "grad_output": [ptr, ptr] + [i64] * 10 + [ctypes.c_int]}
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     functions = {}
-    for suffix in _C_TYPES.values():
+    for dtype, suffix in _C_TYPES.items():
+        scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+        signatures = {"input": [ptr, ptr] + [i64] * 12 + [c_int],
+                      "output": [ptr, ptr, ptr] + [i64] * 10 + [c_int, scalar, c_int],
+                      "grad_output": [ptr, ptr] + [i64] * 10 + [c_int]}
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"wino_{name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, None
@@ -109,10 +111,10 @@ class GeneratedTransforms:
         return [lambda: fn(*args, torch.get_num_threads())]
 
     @staticmethod
-    def output(m, y, bias, tile_grid, ws):
+    def output(m, y, bias, tile_grid, ws, slope=None):
         fn = _generated()["output", _C_TYPES[y.dtype]]
         args = (m.data_ptr(), y.data_ptr(), None if bias is None else bias.data_ptr(),
-                *y.shape, *y.stride(), *tile_grid)
+                *y.shape, *y.stride(), *tile_grid, slope is not None, slope or 0.0)
         return [lambda: fn(*args, torch.get_num_threads())]
 
     @staticmethod
@@ -132,7 +134,8 @@ class TensorTransforms:
         th, tw = tiles(out_shape)
         if role == "input":
             return {"wpad": (n, c, wg.OUT * th + 2, wg.OUT * tw + 2), "wtiles": (POINTS, c * n * th * tw)}
-        return {"wpad": (n, c, wg.OUT * th, wg.OUT * tw), "wtiles": (wg.OUT ** 2, c * n * th * tw)}
+        scaled = {"scaled": tuple(out_shape)} if role == "output" else {}  # for an epilogue
+        return {"wpad": (n, c, wg.OUT * th, wg.OUT * tw), "wtiles": (wg.OUT ** 2, c * n * th * tw), **scaled}
 
     @staticmethod
     def input(x, v, pads, tile_grid, ws):
@@ -148,7 +151,7 @@ class TensorTransforms:
                                   out=v.view(POINTS, -1))]
 
     @staticmethod
-    def output(m, y, bias, tile_grid, ws):
+    def output(m, y, bias, tile_grid, ws, slope=None):
         (n, o, ho, wo), (th, tw) = y.shape, tile_grid
         pad, small = ws["wpad"], ws["wtiles"]
         blocks = small.view(wg.OUT, wg.OUT, o, n, th, tw).permute(3, 2, 4, 0, 5, 1)
@@ -158,6 +161,8 @@ class TensorTransforms:
                  functools.partial(y.copy_, pad[:, :, :ho, :wo])]
         if bias is not None:
             calls.append(functools.partial(y.add_, bias.view(1, -1, 1, 1)))
+        if slope is not None:  # the leaky ReLU's own kernel, over y in place
+            calls.append(LeakyRelu(negative_slope=slope).prepare("forward", y, {"scaled": ws["scaled"]}, x=y))
         return calls
 
     @staticmethod
@@ -186,15 +191,22 @@ def _transforms(generated: bool, tensor: torch.Tensor):
 
 @attrs.frozen
 class WinogradForward(Kernel):
-    """y = conv(x, weight) + bias. ``generated``: the C transforms where they can run."""
+    """y = conv(x, weight) + bias. ``generated``: the C transforms where they can run.
+    ``slope``: the leaky ReLU that reads y applied in the output transform too
+    (``table.epilogues``), so that its own pass has nothing left to do."""
 
     conv: Conv2d
     generated: bool = True
+    slope: float | None = None
+
+    def describe(self) -> str:
+        return "WinogradForward" + ("" if self.slope is None else " + leaky_relu")
 
     def workspace(self, shapes):
         c, o, t = _sizes(self.conv, shapes)
         own = {"U": (POINTS, o, c), "V": (POINTS, c, t), "M": (POINTS, o, t)}
-        return _with_fallback(self.generated, own, shapes, "output")
+        found = _with_fallback(self.generated, own, shapes, "output")
+        return found if self.slope is not None else {k: v for k, v in found.items() if k != "out_scaled"}
 
     def prepare(self, out, ws, /, x, weight, bias=None):
         o, c = self.conv.out_channels, self.conv.in_channels
@@ -206,7 +218,7 @@ class WinogradForward(Kernel):
                               weight.view(o * c, wg.TAPS ** 2).t(), out=u.view(POINTS, o * c)),
             *transforms.input(x, v, pads, grid, _unprefixed("in_", ws)),
             functools.partial(torch.bmm, u, v, out=m),
-            *transforms.output(m, out, bias, grid, _unprefixed("out_", ws)))
+            *transforms.output(m, out, bias, grid, _unprefixed("out_", ws), self.slope))
 
 
 @attrs.frozen
