@@ -101,7 +101,7 @@ def test_summary_says_which_kernels_run_and_no_codegen_turns_them_off():
     on = _summary("--threads", "1")
     assert on.returncode == 0, on.stderr
     assert "kernels: generated where faster" in on.stdout
-    assert "[WinogradForward]" in on.stdout
+    assert "[WinogradForward + leaky_relu]" in on.stdout and "[done by its producer]" in on.stdout
     off = _summary("--no-codegen", "--threads", "1")
     assert "kernels: tensor ops only (--no-codegen)" in off.stdout
     assert "Winograd" not in off.stdout
