@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import attrs
+import torch
 
 FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-errno",
          "-fno-trapping-math")
@@ -160,3 +161,24 @@ def _compile(name: str, source: str, found: Compiler, target: Path) -> None:
             raise CodegenError(f"{found.path} could not compile the generated kernel {name!r}: "
                                + " | ".join(message))
         os.replace(so_file, target)
+
+
+ELEMENT_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+"""The element types generated code is written for: each function exists once per type,
+its name ending in the suffix, its scalar arguments of the C type."""
+
+POINTER, INDEX, THREADS = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+SCALAR = "scalar"
+"""In a signature: an argument of the element type (float or double)."""
+
+
+def functions(lib: ctypes.CDLL, signatures: dict[str, list]) -> dict[tuple[str, torch.dtype], ctypes._CFuncPtr]:
+    """Each function of ``signatures`` (name -> argument types) in ``lib``, for each
+    element type, typed for ctypes: {(name, dtype): function}."""
+    found = {}
+    for dtype, (suffix, scalar) in ELEMENT_TYPES.items():
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = [scalar if a == SCALAR else a for a in argtypes], None
+            found[name, dtype] = fn
+    return found

@@ -14,21 +14,18 @@ the fallback.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 
 import attrs
 import torch
 
 from ..codegen import library
+from ..codegen.build import ELEMENT_TYPES, INDEX, POINTER, SCALAR, THREADS, functions
 from ..codegen import pointwise as source
 from ..ops.activations import LeakyRelu
 from ..ops.pool import MaxPool2d
 from ..ops.upsample import UpsampleNearest
 from .base import Kernel
-
-_C_TYPES = {torch.float32: "f32", torch.float64: "f64"}
-
 
 def build(op) -> None:
     """Builds (or loads from the disk cache) the generated kernels of ``op``, or raises
@@ -46,34 +43,24 @@ def _window(op) -> tuple:
 
 @functools.cache
 def _functions(*window):
-    i64, ptr, threads = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     if window and window[0] == "maxpool":
         lib = library("maxpool-k{}s{}p{}".format(*window[1:]), source.pool_source(*window[1:]))
-        signatures = {"maxpool_forward": [ptr, ptr] + [i64] * 5 + [threads],
-                      "maxpool_backward": [ptr, ptr, ptr, ptr] + [i64] * 5 + [threads]}
-    elif window:
+        return functions(lib, {"maxpool_forward": [POINTER] * 2 + [INDEX] * 5 + [THREADS],
+                               "maxpool_backward": [POINTER] * 4 + [INDEX] * 5 + [THREADS]})
+    if window:
         lib = library(f"upsample-s{window[1]}", source.upsample_source(window[1]))
-        signatures = {"upsample_forward": [ptr, ptr, i64, i64, threads],
-                      "upsample_backward": [ptr, ptr, i64, i64, threads]}
-    else:
-        lib = library("pointwise", source.source())
-        signatures = {"leaky_forward": [ptr, ptr, i64, None, threads],
-                      "leaky_backward": [ptr, ptr, ptr, i64, None, threads]}
-    found = {}
-    for dtype, suffix in _C_TYPES.items():
-        scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-        for name, argtypes in signatures.items():
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = [scalar if a is None else a for a in argtypes], None
-            found[name, dtype] = fn
-    return found
+        return functions(lib, {"upsample_forward": [POINTER] * 2 + [INDEX] * 2 + [THREADS],
+                               "upsample_backward": [POINTER] * 2 + [INDEX] * 2 + [THREADS]})
+    lib = library("pointwise", source.source())
+    return functions(lib, {"leaky_forward": [POINTER] * 2 + [INDEX, SCALAR, THREADS],
+                           "leaky_backward": [POINTER] * 3 + [INDEX, SCALAR, THREADS]})
 
 
 def _bound(name: str, op, *tensors: torch.Tensor):
     """The generated function ``name`` of ``op`` for these tensors' dtype, after checking
     that they are what it reads: contiguous CPU float32 or float64 (the executor's are)."""
     dtype = tensors[0].dtype
-    if dtype not in _C_TYPES or any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype
+    if dtype not in ELEMENT_TYPES or any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype
                                     for t in tensors):
         raise ValueError(f"the generated {name} runs on contiguous CPU float32 or float64 tensors")
     return _functions(*_window(op))[name, dtype]

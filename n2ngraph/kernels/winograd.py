@@ -23,6 +23,7 @@ import attrs
 import torch
 
 from ..codegen import library
+from ..codegen.build import ELEMENT_TYPES, INDEX, POINTER, SCALAR, THREADS, functions
 from ..codegen import winograd as wg
 from ..ops.activations import LeakyRelu
 from ..ops.base import constant, in_order
@@ -65,9 +66,6 @@ def _matrix(name: str, left, right, like: torch.Tensor) -> torch.Tensor:
 
 # ---- the data transforms: generated C, or tensor ops -------------------------------
 
-_C_TYPES = {torch.float32: "f32", torch.float64: "f64"}
-
-
 def build() -> None:
     """Builds (or loads from the disk cache) the generated transforms, or raises
     ``CodegenError`` saying why not."""
@@ -77,24 +75,15 @@ def build() -> None:
 @functools.cache
 def _generated():
     """The three transforms' C functions, built once per machine (cached on disk)."""
-    lib = library("winograd", wg.source())
-    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    functions = {}
-    for dtype, suffix in _C_TYPES.items():
-        scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-        signatures = {"input": [ptr, ptr] + [i64] * 12 + [c_int],
-                      "output": [ptr, ptr, ptr] + [i64] * 10 + [c_int, scalar, c_int],
-                      "grad_output": [ptr, ptr] + [i64] * 10 + [c_int]}
-        for name, argtypes in signatures.items():
-            fn = getattr(lib, f"wino_{name}_{suffix}")
-            fn.argtypes, fn.restype = argtypes, None
-            functions[name, suffix] = fn
-    return functions
+    return functions(library("winograd", wg.source()), {
+        "wino_input": [POINTER, POINTER] + [INDEX] * 12 + [THREADS],
+        "wino_output": [POINTER, POINTER, POINTER] + [INDEX] * 10 + [ctypes.c_int, SCALAR, THREADS],
+        "wino_grad_output": [POINTER, POINTER] + [INDEX] * 10 + [THREADS]})
 
 
 def generated_for(tensor: torch.Tensor) -> bool:
     """Whether the generated transforms can run on ``tensor``: CPU, float32 or float64."""
-    return tensor.device.type == "cpu" and tensor.dtype in _C_TYPES
+    return tensor.device.type == "cpu" and tensor.dtype in ELEMENT_TYPES
 
 
 class GeneratedTransforms:
@@ -106,20 +95,20 @@ class GeneratedTransforms:
 
     @staticmethod
     def input(x, v, pads, tile_grid, ws):
-        fn = _generated()["input", _C_TYPES[x.dtype]]
+        fn = _generated()["wino_input", x.dtype]
         args = (x.data_ptr(), v.data_ptr(), *x.shape, *x.stride(), *pads, *tile_grid)
         return [lambda: fn(*args, torch.get_num_threads())]
 
     @staticmethod
     def output(m, y, bias, tile_grid, ws, slope=None):
-        fn = _generated()["output", _C_TYPES[y.dtype]]
+        fn = _generated()["wino_output", y.dtype]
         args = (m.data_ptr(), y.data_ptr(), None if bias is None else bias.data_ptr(),
                 *y.shape, *y.stride(), *tile_grid, slope is not None, slope or 0.0)
         return [lambda: fn(*args, torch.get_num_threads())]
 
     @staticmethod
     def grad_output(gy, g, tile_grid, ws):
-        fn = _generated()["grad_output", _C_TYPES[gy.dtype]]
+        fn = _generated()["wino_grad_output", gy.dtype]
         args = (gy.data_ptr(), g.data_ptr(), *gy.shape, *gy.stride(), *tile_grid)
         return [lambda: fn(*args, torch.get_num_threads())]
 
