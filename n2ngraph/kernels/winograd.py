@@ -212,7 +212,10 @@ class WinogradForward(Kernel):
 
 @attrs.frozen
 class WinogradGradWeight(Kernel):
-    """gW = G^T (sum over tiles of (A gy A^T) * (B^T x B)) G, the sum one bmm."""
+    """gW = G^T (sum over tiles of (A gy A^T) * (B^T x B)) G, the sum one bmm. The input's
+    transform V is made again here rather than kept from the forward: kept, it would
+    hold 2.25x each wide conv's input from forward to backward (about 150 MiB more for
+    the U-Net at batch 16), to save one memory-bound pass."""
 
     conv: Conv2d
     generated: bool = True
